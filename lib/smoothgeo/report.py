@@ -12,7 +12,7 @@ import pandas as pd
 
 from .io import atomic_path, atomic_write_csv, atomic_write_text, load_params
 
-__all__ = ["repo_root", "results_dir", "save_table", "save_figure", "summarise", "notebook_params", "pick_device"]
+__all__ = ["repo_root", "results_dir", "save_table", "save_figure", "notebook_params", "pick_device"]
 
 
 def repo_root(start: str | os.PathLike | None = None) -> Path:
@@ -47,16 +47,6 @@ def pick_device(name: str = "auto"):
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def summarise(frame: pd.DataFrame, by: list[str], metrics: list[str]) -> pd.DataFrame:
-    """Mean and standard error of ``metrics`` per group; columns ``<metric>`` and ``<metric>_se``."""
-    grouped = frame.groupby(by, sort=False)[metrics]
-    mean = grouped.mean()
-    se = grouped.sem().add_suffix("_se")
-    out = pd.concat([mean, se], axis=1)
-    order = [c for m in metrics for c in (m, f"{m}_se")]
-    return out[order].reset_index()
 
 
 def save_table(frame: pd.DataFrame, folder: Path, name: str, *, floatfmt: str = ".3f", caption: str = "") -> None:
