@@ -1,0 +1,196 @@
+"""Tests of the attribution attack loop (smoothgeo.attacks): CPU, tiny models, seconds."""
+import pytest
+import torch
+from torch import nn
+
+from smoothgeo.attacks import KINDS, attack, derive_seed, eval_mode
+from smoothgeo.attributions import METHODS, attribute, map_of
+
+SIZE, CLASSES = 12, 4
+FAST = {"SM": {}, "IG": {"steps": 4}, "SG": {"samples": 4, "noise_level": 0.1}, "UG": {"samples": 4, "radius": 0.1}}
+
+
+def make_data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Half a fixed random texture per class, half pixel noise: maps spread over many pixels."""
+    g = torch.Generator().manual_seed(seed)
+    templates = torch.rand(CLASSES, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(99))
+    y = torch.randint(0, CLASSES, (n,), generator=g)
+    return 0.5 * templates[y] + 0.5 * torch.rand(n, 1, SIZE, SIZE, generator=g), y
+
+
+def tiny_cnn() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                         nn.Linear(8 * (SIZE // 2) ** 2, 32), nn.ReLU(), nn.Linear(32, CLASSES))
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A small ReLU CNN trained for a second on the texture data; returns (model, x, y) of 16 test images."""
+    torch.manual_seed(0)
+    model = tiny_cnn()
+    x, y = make_data(512, seed=1)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for step in range(120):
+        idx = torch.randint(0, len(x), (64,))
+        loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    xt, yt = make_data(16, seed=2)
+    assert (model(xt).argmax(1) == yt).float().mean() >= 0.75
+    return model, xt, yt
+
+
+def _invariants(result, x, y, model, eps):
+    assert result.x_adv.shape == x.shape
+    assert float((result.x_adv - x).abs().max()) <= eps + 1e-6
+    assert float(result.x_adv.min()) >= 0 and float(result.x_adv.max()) <= 1
+    assert torch.allclose(result.linf, (result.x_adv - x).flatten(1).abs().amax(1))
+    with torch.no_grad():
+        pred = model(result.x_adv).argmax(1)
+    assert torch.equal(result.attacked, model(x).argmax(1) == y)
+    assert bool((pred[result.attacked] == y[result.attacked]).all())
+    assert bool(result.label_kept.all())
+    assert torch.equal(result.x_adv[~result.attacked], x[~result.attacked])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_smoke_every_method_and_kind(trained, method, kind):
+    model, x, y = trained
+    y = y.clone()
+    y[0] = (model(x[:1]).argmax(1) + 1) % CLASSES  # one misclassified image: must not be attacked
+    target = torch.rand(SIZE, SIZE) if kind == "targeted" else None
+    result = attack(model, x, y, method=method, kind=kind, epsilon=0.1, step_size=0.02, steps=3, k=10,
+                    restarts=2, method_options=FAST[method], target_map=target)
+    _invariants(result, x, y, model, 0.1)
+    assert not bool(result.attacked[0])
+    assert bool(result.score[~result.attacked].isnan().all())
+    assert bool(result.score[result.attacked].isfinite().all())
+
+
+@pytest.mark.parametrize("method", ["SM", "SG", "UG"])
+def test_fixed_seed_is_reproducible(trained, method):
+    model, x, y = trained
+    runs = [attack(model, x, y, method=method, kind="topk", epsilon=0.1, steps=3, k=10, restarts=2, seed=s,
+                   method_options=FAST[method]) for s in (3, 3, 4)]
+    assert torch.equal(runs[0].x_adv, runs[1].x_adv)
+    assert torch.equal(runs[0].score, runs[1].score)
+    assert not torch.equal(runs[0].x_adv, runs[2].x_adv)  # restarts start at random points
+
+
+def test_topk_attack_beats_random(trained):
+    model, x, y = trained
+    kw = dict(method="SM", epsilon=0.1, step_size=0.01, steps=15, k=10, beta=10.0)
+    topk = attack(model, x, y, kind="topk", **kw).score
+    best_random = attack(model, x, y, kind="random", **kw).score        # worst of 15 accepted draws
+    one_random = attack(model, x, y, kind="random", **{**kw, "steps": 1}).score
+    assert float(topk.mean()) < float(best_random.mean()) - 0.05
+    assert float(topk.mean()) < float(one_random.mean()) - 0.2
+    assert float(best_random.mean()) <= float(one_random.mean())
+
+
+def test_targeted_attack_moves_map_toward_target(trained):
+    model, x, y = trained
+    with torch.no_grad():
+        y_ok = model(x).argmax(1)
+    clean = map_of("SM", attribute("SM", model, x, y_ok), x)
+    target = clean.roll(1, dims=0)  # another image's map
+    result = attack(model, x, y_ok, method="SM", kind="targeted", epsilon=0.1, step_size=0.01, steps=15, k=10,
+                    target_map=target)
+    adv = map_of("SM", attribute("SM", model, result.x_adv, y_ok), result.x_adv)
+    before = (clean - target).pow(2).flatten(1).mean(1)
+    after = (adv - target).pow(2).flatten(1).mean(1)
+    assert torch.allclose(after, result.score)
+    assert bool((after <= before + 1e-6).all()) and float(after.mean()) < 0.9 * float(before.mean())
+
+
+def test_mass_center_attack_moves_center(trained):
+    model, x, y = trained
+    result = attack(model, x, y, method="SM", kind="mass_center", epsilon=0.1, steps=10, k=10)
+    assert float(-result.score[result.attacked].mean()) > 0.1  # pixels of dislocation
+
+
+def test_restarts_keep_lowest_kendall(trained):
+    model, x, y = trained
+    one = attack(model, x, y, method="SM", kind="topk", epsilon=0.1, steps=5, k=10, restarts=1)
+    three = attack(model, x, y, method="SM", kind="topk", epsilon=0.1, steps=5, k=10, restarts=3)
+    a = one.attacked
+    assert bool((three.kendall[a] <= one.kendall[a] + 1e-6).all())
+    assert set(three.restart.tolist()) <= {0, 1, 2}
+
+
+@pytest.mark.parametrize("on_reject", ["revert", "continue"])
+def test_label_changing_steps_are_rejected(trained, on_reject):
+    model, x, y = trained
+    result = attack(model, x, y, method="SM", kind="topk", epsilon=1.0, step_size=0.25, steps=8, k=10,
+                    on_reject=on_reject)
+    assert int(result.rejected_steps.sum()) > 0  # the big budget does flip labels ...
+    _invariants(result, x, y, model, 1.0)        # ... yet no returned image has a changed label
+
+
+def test_model_mode_restored(trained):
+    model, x, y = trained
+    model.train()
+    model[0].eval()  # a mixed state must come back as it was
+    try:
+        attack(model, x, y, method="SM", kind="topk", steps=1, k=10)
+        assert model.training and not model[0].training and model[1].training
+    finally:
+        model.eval()
+    with eval_mode(model):
+        assert not any(m.training for m in model.modules())
+
+
+def test_batch_size_and_no_surrogate_warning(trained):
+    model, x, y = trained
+    result = attack(model, x, y, method="SM", kind="topk", steps=2, k=10, batch_size=3)
+    _invariants(result, x, y, model, 0.1)
+    with pytest.warns(UserWarning, match="beta"):
+        attack(model, x, y, method="SM", kind="topk", steps=1, k=10, beta=None)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"epsilon": -0.1}, r"epsilon must be in \[0, 1\]"),
+    ({"step_size": 0.0}, r"step_size must be > 0"),
+    ({"k": SIZE * SIZE + 1}, r"k must be an integer in \[1, 144\]"),
+    ({"method": "LRP"}, r"unknown attribution method 'LRP'"),
+    ({"kind": "blur"}, r"unknown attack kind 'blur'"),
+    ({"restarts": 0}, r"restarts must be an integer >= 1"),
+    ({"beta": 0.0}, r"beta .* must be > 0"),
+    ({"convention": "raw"}, r"unknown map convention"),
+    ({"kind": "targeted"}, r"needs target_map"),
+    ({"target_map": torch.ones(SIZE, SIZE)}, r"only used by kind='targeted'"),
+    ({"method": "IG", "method_options": {"radius": 0.1}}, r"method_options .* not accepted by method 'IG'"),
+])
+def test_bad_settings_raise(trained, kwargs, match):
+    model, x, y = trained
+    with pytest.raises(ValueError, match=match):
+        attack(model, x, y, **{"steps": 1, "k": 10, **kwargs})
+
+
+def test_bad_inputs_raise(trained):
+    model, x, y = trained
+    with pytest.raises(ValueError, match=r"x must lie in \[0, 1\]"):
+        attack(model, x * 2 - 0.5, y, steps=1, k=10)
+    with pytest.raises(ValueError, match=r"x must be a float tensor of images \(N, C, H, W\)"):
+        attack(model, x[:, 0], y, steps=1, k=10)
+    with pytest.raises(ValueError, match=r"y must be integer class labels of shape \(16,\)"):
+        attack(model, x, y[:3], steps=1, k=10)
+
+
+def test_derive_seed_is_stable():
+    assert derive_seed(0, "a", 0.1) == derive_seed(0, "a", 0.1) != derive_seed(0, "a", 0.2)
+    assert 0 <= derive_seed(123, "x") < 2 ** 63
+
+
+def test_direction_options_only_change_the_direction(trained):
+    model, x, y = trained
+    kw = dict(method="SG", kind="topk", epsilon=0.1, steps=2, k=10, method_options={"samples": 4})
+    cheap = attack(model, x, y, direction_options={"samples": 2}, **kw)
+    _invariants(cheap, x, y, model, 0.1)
+    same = attack(model, x, y, direction_options={"samples": 4}, **kw)
+    assert torch.equal(same.x_adv, attack(model, x, y, **kw).x_adv)
+    with pytest.raises(ValueError, match="not accepted by method 'SG'"):
+        attack(model, x, y, direction_options={"steps": 3}, **kw)
