@@ -1,0 +1,357 @@
+"""Geometry of a trained network: curvature of the loss and smoothness of the gradient in the input.
+
+* :func:`hessian_max_eig`: the largest eigenvalue lambda_max of the input Hessian of the cross-entropy loss,
+  per image. For a piecewise-linear network (ReLU, max-pool, linear, conv, eval-mode BatchNorm) the Hessian is
+  ``H = J^T (diag(p) - p p^T) J`` almost everywhere, with ``J`` the C x d Jacobian of the logits and
+  ``p = softmax(logits)``; its non-zero spectrum is that of the C x C matrix ``L^T J J^T L`` with
+  ``L L^T = diag(p) - p p^T`` (Wang et al. 2020, arXiv 2006.06643), so lambda_max is exact and cheap.
+  Smooth networks (Softplus, Tanh, GELU, ...) use power iteration on Hessian-vector products.
+* :func:`ce_hessian_factor` / :func:`ce_hessian_lambda_max`: the C x C routine itself; the SSR recipe's
+  :func:`lambda_max_penalty` builds on the same function (its value is this lambda_max, its weight gradient the
+  eigenvalue derivative, computed with a single ``create_graph`` backward pass).
+* :func:`gradient_lipschitz`: the empirical ratio ``||grad f_c(x) - grad f_c(x')|| / ||x - x'||`` over random
+  or adversarial neighbours ``x'`` in the L-inf ball (the quantity that bounds how far a gradient attribution
+  can move).
+
+All measurements run the model in eval mode (its previous mode is restored) on the device of ``x``.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .attributions import resolve_target, saliency
+from .models import Normalize, softplus_copy
+
+__all__ = [
+    "hessian_max_eig", "ce_hessian_lambda_max", "ce_hessian_factor", "lambda_max_penalty", "logit_jacobian",
+    "exact_hessian_max_eig",
+    "power_hessian_max_eig", "gradient_lipschitz", "is_piecewise_linear", "evaluating", "PIECEWISE_LINEAR",
+]
+
+#: leaf modules that keep a network piecewise linear in its input (BatchNorm only in eval mode)
+PIECEWISE_LINEAR: tuple[type, ...] = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.Hardtanh, nn.Linear, nn.Identity,
+    nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
+    nn.Sequential, nn.Flatten, nn.Unflatten,  # an empty Sequential is the identity
+    nn.Dropout, nn.Dropout2d, nn.ZeroPad2d, nn.ConstantPad2d, Normalize,
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d,
+)
+_BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+@contextmanager
+def evaluating(model: nn.Module):
+    """Put ``model`` in eval mode for the block and restore its previous mode afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def is_piecewise_linear(model: nn.Module) -> bool:
+    """True when every leaf module is one of :data:`PIECEWISE_LINEAR` (and BatchNorm is in eval mode).
+
+    Functional calls inside a custom ``forward`` (``F.gelu`` ...) cannot be seen; the repository's models use
+    activation *modules* only.
+    """
+    for m in model.modules():
+        if next(m.children(), None) is not None:
+            continue  # a container; its children are checked
+        if not isinstance(m, PIECEWISE_LINEAR) or (isinstance(m, _BATCHNORM) and m.training):
+            return False
+    return True
+
+
+def logit_jacobian(model: nn.Module, x: Tensor, *, create_graph: bool = False) -> tuple[Tensor, Tensor]:
+    """Logits and the per-image Jacobian of the logits w.r.t. the input.
+
+    One backward pass per class c through ``sum_n f_c(x_n)`` gives row c of every image's Jacobian at once
+    (images are independent when the model is; train-mode BatchNorm couples them). This was faster on the CPU
+    than ``is_grads_batched`` or ``torch.func.vmap(jacrev)`` (see benchmarks/training_cost.py --jacobian).
+
+    Args:
+        x: (N, ...) inputs.
+        create_graph: keep the graph so the Jacobian can be differentiated (the SSR recipe does not need this:
+            see :func:`lambda_max_penalty`).
+    Returns:
+        logits (N, C) and the Jacobian (N, C, *x.shape[1:]).
+    """
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = model(x)
+        n_classes = logits.shape[1]
+        rows = [torch.autograd.grad(logits[:, c].sum(), x, create_graph=create_graph,
+                                    retain_graph=create_graph or c < n_classes - 1)[0]
+                for c in range(n_classes)]
+    return logits, torch.stack(rows, 1)
+
+
+def ce_hessian_factor(logits: Tensor, jacobian: Tensor | None = None, *, average_channels: bool = False
+                      ) -> tuple[Tensor, Tensor | None]:
+    """``L`` with ``L L^T = diag(p) - p p^T`` and, given the Jacobian, the C x C matrix ``L^T J J^T L``.
+
+    ``p = softmax(logits)`` is computed here from the *logits* (the probabilities, not the logits, enter the
+    Hessian of the cross-entropy). ``L = diag(sqrt p) (I - u u^T)`` with ``u = sqrt p`` (a unit vector, so
+    ``I - u u^T`` is a symmetric projection and ``L L^T = diag(p) - p p^T``): a closed form that, unlike ``eigh``
+    of ``diag(p) - p p^T``, stays finite for near one-hot ``p``. The non-zero eigenvalues of
+    ``H = J^T L L^T J = (L^T J)^T (L^T J)`` are those of ``L^T (J J^T) L``. Both in float64.
+
+    Args:
+        logits: (N, C).
+        jacobian: (N, C, *input_shape) from :func:`logit_jacobian`, or None for ``L`` only.
+        average_channels: average J over the colour-channel axis (dim 2) before forming ``J J^T``, as the
+            paper's reference code did. False (default) gives the exact Hessian.
+    Returns:
+        ``L`` (N, C, C) and the symmetric ``L^T J J^T L`` (N, C, C) (None without a Jacobian).
+    """
+    u = logits.double().softmax(1).sqrt()                               # (N, C)
+    eye = torch.eye(u.shape[1], dtype=u.dtype, device=u.device)
+    lower = u.unsqueeze(2) * (eye - u.unsqueeze(2) * u.unsqueeze(1))  # L = diag(u)(I - u u^T)
+    if jacobian is None:
+        return lower, None
+    if logits.dim() != 2 or jacobian.shape[:2] != logits.shape:
+        raise ValueError(f"logits (N, C) and Jacobian (N, C, ...) do not match: {tuple(logits.shape)} vs "
+                         f"{tuple(jacobian.shape)}")
+    if average_channels:
+        if jacobian.dim() < 4:
+            raise ValueError("average_channels needs image Jacobians (N, C, channels, H, W), got shape "
+                             f"{tuple(jacobian.shape)}")
+        jacobian = jacobian.mean(2)
+    jac = jacobian.flatten(2).double()
+    small = lower.transpose(1, 2) @ (jac @ jac.transpose(1, 2)) @ lower  # L^T J J^T L
+    return lower, 0.5 * (small + small.transpose(1, 2))                 # exact symmetry for eigh
+
+
+def ce_hessian_lambda_max(logits: Tensor, jacobian: Tensor, *, average_channels: bool = False) -> Tensor:
+    """lambda_max of ``H = J^T (diag(p) - p p^T) J`` per image, by the exact C x C route.
+
+    The largest eigenvalue of ``L^T J J^T L`` (:func:`ce_hessian_factor`) by ``eigvalsh`` in float64;
+    differentiable w.r.t. logits and Jacobian.
+
+    Args:
+        logits: (N, C); ``p = softmax(logits)`` is taken here.
+        jacobian: (N, C, *input_shape) from :func:`logit_jacobian`.
+        average_channels: see :func:`ce_hessian_factor` (default False: the exact Hessian).
+    Returns:
+        (N,) lambda_max (>= 0), in the dtype of ``logits``.
+    """
+    _, small = ce_hessian_factor(logits, jacobian, average_channels=average_channels)
+    return torch.linalg.eigvalsh(small)[:, -1].clamp_min(0).to(logits.dtype)
+
+
+def exact_hessian_max_eig(model: nn.Module, x: Tensor, *, average_channels: bool = False) -> Tensor:
+    """lambda_max of the input Hessian of CE for a piecewise-linear ``model`` (exact C x C route), (N,), detached.
+
+    Runs the model in its current mode. The label does not enter: for a piecewise-linear network the Hessian
+    of CE does not depend on it.
+    """
+    logits, jac = logit_jacobian(model, x)
+    return ce_hessian_lambda_max(logits, jac, average_channels=average_channels).detach()
+
+
+def lambda_max_penalty(model: nn.Module, x: Tensor, *, average_channels: bool = False) -> tuple[Tensor, Tensor]:
+    """Logits and lambda_max of the input Hessian of CE per image, differentiable w.r.t. the weights (SSR).
+
+    The value is the exact C x C lambda_max. Its gradient uses the eigenvalue derivative
+    ``d lambda = v^T dM v`` (``v`` the top eigenvector of ``M = L^T J J^T L``): with ``v`` held fixed,
+    ``lambda = ||J^T (L v)||^2``, and ``J^T w`` is a single vector-Jacobian product. So the Jacobian itself is
+    computed *without* a graph (C cheap backward passes) and only one backward pass carries ``create_graph``;
+    this gives the same value and weight gradient as differentiating ``eigvalsh`` through a ``create_graph``
+    Jacobian (tested) at about half the cost. (At a repeated top eigenvalue both pick one eigenvector.)
+
+    Args:
+        x: (N, ...) inputs; the model runs in its current mode (train mode while training).
+        average_channels: see :func:`ce_hessian_factor`.
+    Returns:
+        logits (N, C) and lambda_max (N,), both attached to the graph of the weights.
+    """
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = model(x)
+        rows = [torch.autograd.grad(logits[:, c].sum(), x, retain_graph=True)[0] for c in range(logits.shape[1])]
+        with torch.no_grad():
+            _, small = ce_hessian_factor(logits.detach(), torch.stack(rows, 1), average_channels=average_channels)
+            top = torch.linalg.eigh(small)[1][..., -1:]                        # (N, C, 1) top eigenvector
+        lower, _ = ce_hessian_factor(logits)                                  # L, attached through p
+        w = (lower @ top).squeeze(2).to(logits.dtype)                         # (N, C)
+        (g,) = torch.autograd.grad(logits, x, grad_outputs=w, create_graph=True)  # J^T L v per image
+    if average_channels:
+        g = g.mean(1)
+    return logits, g.flatten(1).pow(2).sum(1)
+
+
+def _power_iteration(hvp, v: Tensor, shift: Tensor, iters: int, tol: float) -> tuple[Tensor, Tensor]:
+    """Dominant eigenpair of ``H - shift I`` per image; returns (Rayleigh quotient, vector)."""
+    view = (-1,) + (1,) * (v.dim() - 1)
+    lam = torch.zeros(v.shape[0], dtype=v.dtype, device=v.device)
+    for _ in range(iters):
+        hv = hvp(v) - shift.view(view) * v
+        new = (v * hv).flatten(1).sum(1)
+        norm = hv.flatten(1).norm(dim=1)
+        v = torch.where(norm.view(view) > 0, hv / norm.clamp_min(1e-30).view(view), v)
+        done = ((new - lam).abs() <= tol * new.abs().clamp_min(1e-12)).all()
+        lam = new
+        if done:
+            break
+    return lam, v
+
+
+def power_hessian_max_eig(model: nn.Module, x: Tensor, y: Tensor, *, iters: int = 100, tol: float = 1e-5,
+                          generator: torch.Generator | None = None) -> Tensor:
+    """lambda_max of the input Hessian of CE by batched Hessian-vector-product power iteration, (N,).
+
+    One forward and one first-order backward (kept with ``create_graph``), then one double-backward per
+    iteration, all images at once. Power iteration finds the eigenvalue of largest magnitude; where that is
+    negative (possible for smooth networks) a second run on ``H - mu I`` recovers the largest algebraic one.
+    """
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        loss = F.cross_entropy(model(x), y, reduction="sum")  # sum: per-image gradients stay unscaled
+        (grad,) = torch.autograd.grad(loss, x, create_graph=True)
+
+    def hvp(v: Tensor) -> Tensor:
+        if not grad.requires_grad:  # the model is linear in x: H = 0
+            return torch.zeros_like(v)
+        return torch.autograd.grad(grad, x, grad_outputs=v, retain_graph=True)[0]
+
+    v = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    v = v / v.flatten(1).norm(dim=1).clamp_min(1e-30).view(-1, *([1] * (x.dim() - 1)))
+    zero = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    mu, v = _power_iteration(hvp, v, zero, iters, tol)
+    if (mu < 0).any():
+        shift = mu.clamp_max(0)
+        nu, _ = _power_iteration(hvp, v, shift, iters, tol)
+        mu = torch.where(mu < 0, nu + shift, mu)
+    return mu.detach()
+
+
+def hessian_max_eig(model: nn.Module, x: Tensor, y=None, *, method: str = "auto", iters: int = 100,
+                    tol: float = 1e-5, seed: int = 0, chunk_size: int | None = None) -> Tensor:
+    """Largest eigenvalue of the input Hessian of the cross-entropy loss, per image.
+
+    Args:
+        model: maps (N, ...) inputs to (N, C) logits; evaluated in eval mode (mode restored afterwards).
+        x: (N, ...) inputs.
+        y: labels (N,), an int, or None for the model's prediction. Only the power route uses it (for a
+            piecewise-linear network the Hessian of CE does not depend on the label).
+        method: "exact" (C x C route; valid for piecewise-linear networks only), "power" (Hessian-vector
+            power iteration; any twice-differentiable network), or "auto" (exact when
+            :func:`is_piecewise_linear`, else power).
+        iters, tol: power iteration: maximum iterations and relative tolerance on the Rayleigh quotient.
+        seed: seed of the power iteration's random start vector.
+        chunk_size: images per pass (memory); None = all at once.
+    Returns:
+        (N,) tensor of lambda_max, on the device of ``x``.
+    """
+    if method not in ("auto", "exact", "power"):
+        raise ValueError(f"unknown Hessian method {method!r}; choose 'auto', 'exact' or 'power'")
+    if iters < 1 or tol <= 0:
+        raise ValueError(f"power iteration needs iters >= 1 and tol > 0, got iters={iters}, tol={tol}")
+    with evaluating(model):
+        if method == "auto":
+            method = "exact" if is_piecewise_linear(model) else "power"
+        y = resolve_target(model, x, y)
+        chunk = x.shape[0] if chunk_size is None else max(1, int(chunk_size))
+        generator = torch.Generator(device=x.device).manual_seed(int(seed))
+        out = []
+        for s in range(0, x.shape[0], chunk):
+            xs, ys = x[s:s + chunk], y[s:s + chunk]
+            if method == "exact":
+                out.append(exact_hessian_max_eig(model, xs))
+            else:
+                out.append(power_hessian_max_eig(model, xs, ys, iters=iters, tol=tol, generator=generator))
+    return torch.cat(out)
+
+
+def _ratio(model: nn.Module, x: Tensor, g0: Tensor, xn: Tensor, target: Tensor) -> Tensor:
+    """``||grad f(x) - grad f(x')|| / ||x - x'||`` per row (x, g0, target repeated to match ``xn``)."""
+    gn = saliency(model, xn, target)
+    dx = (xn - x).flatten(1).norm(dim=1)
+    dg = (gn - g0).flatten(1).norm(dim=1)
+    return torch.where(dx > 0, dg / dx.clamp_min(1e-30), torch.zeros_like(dx))
+
+
+def _lipschitz_chunk(model, surrogate, x, target, noise, *, epsilon, steps, step_size) -> Tensor:
+    """Max ratio per image of ``x`` (n, ...) over ``noise`` (samples, n, ...) starts (+ PGD if surrogate)."""
+    samples, n = noise.shape[:2]
+    g0 = saliency(model, x, target).detach()
+    rep = lambda t: t.repeat(samples, *([1] * (t.dim() - 1)))  # noqa: E731  (sample-major rows)
+    xr, g0r, tr = rep(x), rep(g0), target.repeat(samples)
+    xn = (xr + noise.reshape(xr.shape)).clamp(0, 1)
+    best = _ratio(model, xr, g0r, xn, tr).detach()
+    if surrogate is not None and steps > 0:
+        gs0 = saliency(surrogate, xr, tr).detach()
+        for _ in range(steps):
+            xn = xn.detach().requires_grad_(True)
+            gs = saliency(surrogate, xn, tr, create_graph=True)
+            objective = (gs - gs0).pow(2).sum()
+            direction = (torch.autograd.grad(objective, xn, allow_unused=True)[0]
+                         if objective.requires_grad else None)
+            if direction is None:  # the gradient does not depend on x' (linear model): nothing to climb
+                break
+            xn = torch.min(torch.max(xn.detach() + step_size * direction.sign(), xr - epsilon), xr + epsilon)
+            xn = xn.clamp(0, 1)
+            best = torch.maximum(best, _ratio(model, xr, g0r, xn, tr).detach())
+    return best.view(samples, n).amax(0)
+
+
+def gradient_lipschitz(model: nn.Module, x: Tensor, y=None, *, epsilon: float, samples: int = 10,
+                       neighbours: str = "random", steps: int = 10, step_size: float | None = None,
+                       beta: float = 10.0, seed: int = 0, chunk_size: int | None = None) -> Tensor:
+    """Empirical Lipschitz ratio of the gradient, ``max_{x'} ||grad f_c(x) - grad f_c(x')||_2 / ||x - x'||_2``.
+
+    ``f_c`` is the logit of class ``c`` (the gradient a saliency map shows), with ``c`` fixed to ``y`` or, when
+    ``y`` is None, to the model's prediction on the clean ``x`` (the class every attribution explains); the
+    same class is used at ``x'``. Neighbours lie in ``B_inf(x, epsilon)`` intersected with [0, 1]:
+
+    * ``"random"``: ``samples`` points ``clip(x + U[-eps, eps]^d, 0, 1)``.
+    * ``"adversarial"``: the same ``samples`` random points as starts, each followed by ``steps`` signed-gradient
+      (PGD) steps that maximise ``||grad g_c(x) - grad g_c(x')||^2``, with ``g`` the model's Softplus(``beta``)
+      copy when it has ReLU modules (a ReLU network's gradient is piecewise constant, so its own second
+      derivative gives no direction) and the model itself otherwise. The ratio is always measured on ``model``
+      itself, at every iterate including the start, and the largest is kept (so with the same seed the
+      adversarial estimate is never below the random one).
+
+    Args:
+        model: maps (N, ...) inputs to (N, C) logits; evaluated in eval mode (mode restored afterwards).
+        x: (N, ...) inputs in [0, 1].
+        y: class per image (N,), an int, or None for the prediction.
+        epsilon: L-inf radius of the neighbourhood (pixel units).
+        samples: random neighbours (or adversarial restarts) per image.
+        steps, step_size: PGD steps and step size (default epsilon / 4) for ``"adversarial"``.
+        beta: Softplus beta of the surrogate.
+        seed: seed of the random neighbours / starts (all drawn up front: the result does not depend on
+            ``chunk_size``).
+        chunk_size: images per pass (each pass handles ``samples * chunk_size`` points); None = all.
+    Returns:
+        (N,) ratio, on the device of ``x``. Zero for a linear model (constant gradient).
+    """
+    if neighbours not in ("random", "adversarial"):
+        raise ValueError(f"unknown neighbours {neighbours!r}; choose 'random' or 'adversarial'")
+    if epsilon <= 0 or samples < 1 or steps < 0:
+        raise ValueError(f"need epsilon > 0, samples >= 1, steps >= 0; got epsilon={epsilon}, samples={samples}, "
+                         f"steps={steps}")
+    step_size = epsilon / 4 if step_size is None else step_size
+    generator = torch.Generator(device=x.device).manual_seed(int(seed))
+    x = x.detach()
+    noise = (2 * torch.rand((samples, *x.shape), generator=generator, device=x.device, dtype=x.dtype) - 1) * epsilon
+    chunk = x.shape[0] if chunk_size is None else max(1, int(chunk_size))
+    with evaluating(model):
+        target = resolve_target(model, x, y)
+        surrogate = None
+        if neighbours == "adversarial":
+            has_relu = any(isinstance(m, nn.ReLU) for m in model.modules())
+            surrogate = softplus_copy(model, beta).eval() if has_relu else model
+        out = [_lipschitz_chunk(model, surrogate, x[s:s + chunk], target[s:s + chunk], noise[:, s:s + chunk],
+                                epsilon=epsilon, steps=steps, step_size=step_size)
+               for s in range(0, x.shape[0], chunk)]
+    return torch.cat(out)

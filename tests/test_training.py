@@ -1,0 +1,296 @@
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from torch.utils.data import DataLoader, TensorDataset
+
+import smoothgeo
+from smoothgeo import checkpoints as ckpt
+from smoothgeo.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from smoothgeo.geometry import hessian_max_eig
+from smoothgeo.models import MLP
+from smoothgeo.train import RECORD_KEYS, main, resolve_config
+from smoothgeo.training import (OPTIONS, RECIPES, check_options, fit, ig_of_loss, pgd_linf, ssr_loss,
+                                weight_decay_loss)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: OpenMP threads only add overhead (and stall badly on a busy 2-core machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _toy(n=64, seed=0):
+    """Images (n, 1, 4, 4) in [0, 1]; label = which third of the image is brightest (3 classes)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, 4, 4, generator=g)
+    y = torch.stack([x[:, 0, :, :1].mean((1, 2)), x[:, 0, :, 1:3].mean((1, 2)), x[:, 0, :, 3:].mean((1, 2))],
+                    1).argmax(1)
+    return x, y
+
+
+def _mlp(seed=0):
+    torch.manual_seed(seed)
+    return MLP(in_features=16, hidden=(32,), num_classes=3)
+
+
+FAST = {"madry": {"steps": 2}, "ig_norm": {"steps": 2, "ig_steps": 4, "lam": 0.1}, "ssr": {"alpha": 0.3}}
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_each_recipe_lowers_its_loss(recipe):
+    x, y = _toy()
+    model = _mlp()
+    options = FAST.get(recipe, {})
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+
+    def loss_value():
+        torch.manual_seed(0)  # the same random starts before and after
+        return RECIPES[recipe](model, x, y, **options)[0].item()
+
+    before = loss_value()
+    for _ in range(15):
+        loss, logs = RECIPES[recipe](model, x, y, **options)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        assert all(isinstance(v, float) for v in logs.values())
+    assert loss_value() < before
+
+
+def test_ssr_penalty_matches_geometry_and_has_weight_gradient():
+    x, y = _toy(8)
+    model = _mlp().double()
+    x = x.double()
+    loss, logs = ssr_loss(model, x, y, alpha=1.0, scale=1.0)  # pure penalty
+    assert logs["lambda_max"] == pytest.approx(hessian_max_eig(model, x, method="exact").mean().item(), rel=1e-10)
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert sum(g.abs().sum() for g in grads) > 0
+    assert grads[0].abs().sum() > 0  # the first layer's weights receive gradient through the Jacobian
+
+
+def test_weight_decay_is_an_explicit_l2_penalty_on_kernels():
+    x, y = _toy(8)
+    model = _mlp()
+    loss, logs = weight_decay_loss(model, x, y, weight_decay=0.1)
+    kernels = sum(p.pow(2).sum() for p in model.parameters() if p.dim() >= 2)
+    assert loss.item() == pytest.approx(F.cross_entropy(model(x), y).item() + 0.05 * kernels.item(), rel=1e-6)
+
+
+def test_pgd_stays_in_ball_and_box():
+    x, y = _toy(16)
+    x[:4] = 0.0  # at the box edge
+    model = _mlp()
+
+    def ce(m, z):
+        return F.cross_entropy(m(z), y, reduction="none")
+
+    def ig(m, z):
+        return ig_of_loss(m, x, z, y, steps=3, create_graph=True).abs().flatten(1).sum(1)
+
+    for objective in (ce, ig):
+        xa = pgd_linf(model, x, objective, epsilon=0.1, step_size=0.04, steps=5)
+        assert (xa - x).abs().max() <= 0.1 + 1e-6 and xa.min() >= 0 and xa.max() <= 1
+        assert not xa.requires_grad
+    xa = pgd_linf(model, x, ce, epsilon=0.1, step_size=0.04, steps=5, random_start=False)
+    assert ce(model, xa).mean() > ce(model, x).mean()
+
+
+def test_ig_of_loss_is_complete():
+    x, y = _toy(4)
+    model = _mlp().double()
+    x = x.double()
+    x_end = (x + 0.05).clamp(0, 1)
+    attribution = ig_of_loss(model, x, x_end, y, steps=400)
+    gap = F.cross_entropy(model(x_end), y, reduction="none") - F.cross_entropy(model(x), y, reduction="none")
+    torch.testing.assert_close(attribution.flatten(1).sum(1), gap, rtol=2e-2, atol=1e-4)
+
+
+def test_check_options_errors_name_the_parameter_and_range():
+    assert check_options("ssr") == {"alpha": 0.3, "scale": 1.0, "average_channels": False}
+    with pytest.raises(ValueError, match=r"alpha=1.5 .*0.0 <= alpha <= 1.0"):
+        check_options("ssr", {"alpha": 1.5})
+    with pytest.raises(ValueError, match="unknown option.*'beta'.*allowed"):
+        check_options("ssr", {"beta": 1})
+    with pytest.raises(ValueError, match="steps.*integer"):
+        check_options("madry", {"steps": 2.5})
+    with pytest.raises(ValueError, match="unknown training recipe 'sgd'"):
+        check_options("sgd")
+    assert set(OPTIONS) == set(RECIPES)
+
+
+def test_checkpoint_round_trip_and_clear_errors(tmp_path):
+    model = _mlp().eval()
+    path = tmp_path / "run.pt"
+    save_checkpoint(path, model, arch="mlp", num_classes=3, meta={"recipe": "natural", "acc": 0.5},
+                    model_kwargs={"in_features": 16, "hidden": [32]})
+    loaded, meta = load_checkpoint(path)
+    x, _ = _toy(5)
+    torch.testing.assert_close(loaded(x), model(x))
+    assert meta["recipe"] == "natural" and meta["arch"] == "mlp"
+    assert set(torch.load(path, weights_only=True)) >= {"state_dict", "arch", "num_classes", "meta"}
+
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=r"truncated\.pt.*corrupted or truncated.*dvc repro"):
+        load_checkpoint(truncated)
+    (tmp_path / "garbage.pt").write_bytes(b"\x00not a checkpoint")
+    with pytest.raises(CheckpointError, match="garbage.pt"):
+        load_checkpoint(tmp_path / "garbage.pt")
+    with pytest.raises(CheckpointError, match=r"missing\.pt not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+    wrong = tmp_path / "wrong.pt"
+    save_checkpoint(wrong, model, arch="mlp", num_classes=3, model_kwargs={"in_features": 16, "hidden": [8]})
+    with pytest.raises(CheckpointError, match=r"wrong\.pt: the weights do not fit architecture 'mlp'"):
+        load_checkpoint(wrong)
+
+
+def _loader(x, y, batch_size=16):
+    return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True)
+
+
+def test_fit_resume_reproduces_an_uninterrupted_run():
+    x, y = _toy(64)
+    kwargs = dict(recipe="madry", options={"steps": 2}, epochs=2, lr=1e-2, seed=3, progress=False)
+    full = _mlp()
+    history = fit(full, _loader(x, y), **kwargs)
+    assert [h["epoch"] for h in history] == [1, 2] and history[0]["batches"] == 4
+
+    class Stop(Exception):
+        pass
+
+    saved = {}
+
+    def interrupt(epoch, model, optimizer, log):
+        saved.update(state={k: v.clone() for k, v in model.state_dict().items()}, opt=optimizer.state_dict())
+        raise Stop
+
+    part = _mlp()
+    with pytest.raises(Stop):
+        fit(part, _loader(x, y), on_epoch_end=interrupt, **kwargs)
+    resumed = _mlp(seed=99)
+    resumed.load_state_dict(saved["state"])
+    history = fit(resumed, _loader(x, y), start_epoch=1, optimizer_state=saved["opt"], **kwargs)
+    assert [h["epoch"] for h in history] == [2]
+    for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+PARAMS = {
+    "seed": 0,
+    "data": {"dataset": "toy", "root": "unused", "train_limit": 48, "test_limit": None},
+    "train": {
+        "defaults": {"arch": "mlp", "epochs": 2, "lr": 0.01, "batch_size": 16, "optimizer": "adam",
+                     "max_batches": None},
+        "scratch": {"natural": {"recipe": "natural"},
+                    "ssr_s1": {"recipe": "ssr", "alpha": 0.3, "scale": 1.0, "max_batches": 2}},
+        "finetune": {"madry": {"recipe": "madry", "init": "natural", "epochs": 1, "lr": 0.001, "epsilon": 0.1,
+                               "step_size": 0.02, "steps": 2}},
+    },
+}
+
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch):
+    """A tiny params file and a stand-in data set; returns a function running the CLI on a run name."""
+    from smoothgeo.data import InMemoryImages
+
+    x, y = _toy(64)
+    xt, yt = _toy(32, seed=1)
+    # the train set is in memory (batched indexing), the test set a generic Dataset: both loader paths
+    sets = {"train": InMemoryImages((x * 255).round().to(torch.uint8), y), "test": TensorDataset(xt, yt)}
+    monkeypatch.setattr("smoothgeo.data.load_dataset", lambda name, split, root="data/raw", **kw: sets[split])
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(PARAMS))
+
+    def run(name, *, folder="checkpoints", params_path=params):
+        return main(["--params", str(params_path), "--name", name, "--checkpoints", str(tmp_path / folder),
+                     "--record", str(tmp_path / folder / f"{name}.json"), "--device", "auto", "--quiet"])
+    run.tmp = tmp_path
+    return run
+
+
+def test_cli_writes_checkpoint_and_record(cli):
+    record = cli("natural")
+    folder = cli.tmp / "checkpoints"
+    on_disk = json.loads((folder / "natural.json").read_text())
+    assert set(on_disk) == set(RECORD_KEYS) and on_disk["test_accuracy"] == record["test_accuracy"]
+    assert on_disk["version"] == smoothgeo.__version__ and on_disk["epochs"] == 2 and on_disk["train_size"] == 48
+    assert len(on_disk["seconds_per_epoch"]) == 2 and on_disk["mean_seconds_per_epoch"] > 0
+    assert on_disk["hyperparameters"]["lr"] == 0.01 and on_disk["device"] in ("cpu", "cuda")
+    raw = torch.load(folder / "natural.pt", weights_only=True)
+    assert raw["arch"] == "mlp" and raw["meta"]["recipe"] == "natural"
+    assert not (folder / "natural.partial.pt").exists()
+    model, _ = load_checkpoint(folder / "natural.pt")
+    # fine-tuning starts from it; options reach the recipe
+    rec = cli("madry")
+    assert rec["init"] == "natural" and rec["hyperparameters"]["steps"] == 2 and rec["init_sha256"]
+    rec = cli("ssr_s1")
+    assert rec["history"][0]["batches"] == 2 and "lambda_max" in rec["history"][0]
+
+
+def test_cli_resumes_after_interruption(cli, monkeypatch):
+    reference = cli("natural", folder="uninterrupted")
+    real_save = ckpt.save_partial
+
+    def save_then_die(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckpt, "save_partial", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        cli("natural")
+    folder = cli.tmp / "checkpoints"
+    assert (folder / "natural.partial.pt").exists() and not (folder / "natural.pt").exists()
+    monkeypatch.setattr(ckpt, "save_partial", real_save)
+    record = cli("natural")
+    assert record["resumed_from_epoch"] == 1 and len(record["seconds_per_epoch"]) == 2
+    a = torch.load(folder / "natural.pt", weights_only=True)["state_dict"]
+    b = torch.load(cli.tmp / "uninterrupted" / "natural.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert record["test_accuracy"] == reference["test_accuracy"]
+
+
+def test_cli_ignores_partial_from_another_configuration(cli, monkeypatch, capsys):
+    real_save = ckpt.save_partial
+
+    def save_then_die(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckpt, "save_partial", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        cli("natural")
+    monkeypatch.setattr(ckpt, "save_partial", real_save)
+    changed = json.loads(json.dumps(PARAMS))
+    changed["train"]["defaults"]["lr"] = 0.02
+    other = cli.tmp / "other.yaml"
+    other.write_text(yaml.safe_dump(changed))
+    record = cli("natural", params_path=other)
+    assert record["resumed_from_epoch"] == 0
+    assert "different configuration" in capsys.readouterr().err
+
+
+def test_cli_errors_are_clear(cli):
+    with pytest.raises(ValueError, match="unknown training run 'nope'.*known runs"):
+        cli("nope")
+    with pytest.raises(CheckpointError, match=r"natural\.pt not found"):
+        cli("madry")  # its init checkpoint does not exist yet
+    bad = json.loads(json.dumps(PARAMS))
+    bad["train"]["scratch"]["natural"]["epochs"] = -1
+    bad["train"]["scratch"]["ssr_s1"]["alpha"] = 2
+    bad["train"]["scratch"]["weird"] = {"recipe": "magic"}
+    with pytest.raises(ValueError, match=r"epochs=-1.*integer >= 1"):
+        resolve_config(bad, "natural")
+    with pytest.raises(ValueError, match=r"alpha=2.0 is out of range.*0.0 <= alpha <= 1.0"):
+        resolve_config(bad, "ssr_s1")
+    with pytest.raises(ValueError, match="recipe='magic'.*one of"):
+        resolve_config(bad, "weird")
