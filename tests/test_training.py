@@ -288,9 +288,28 @@ def test_cli_errors_are_clear(cli):
     bad["train"]["scratch"]["natural"]["epochs"] = -1
     bad["train"]["scratch"]["ssr_s1"]["alpha"] = 2
     bad["train"]["scratch"]["weird"] = {"recipe": "magic"}
-    with pytest.raises(ValueError, match=r"epochs=-1.*integer >= 1"):
+    with pytest.raises(ValueError, match=r"epochs=-1.*integer >= 0"):
         resolve_config(bad, "natural")
     with pytest.raises(ValueError, match=r"alpha=2.0 is out of range.*0.0 <= alpha <= 1.0"):
         resolve_config(bad, "ssr_s1")
     with pytest.raises(ValueError, match="recipe='magic'.*one of"):
         resolve_config(bad, "weird")
+    bad["train"]["scratch"]["natural"].update(epochs=1, pretrained=True)
+    with pytest.raises(ValueError, match=r"pretrained=True.*arch resnet50"):
+        resolve_config(bad, "natural")
+
+
+def test_cli_epochs_zero_saves_the_initial_model_without_training(cli):
+    """epochs 0 is how a pretrained model (ImageNet ResNet-50) becomes a checkpoint: no train split needed."""
+    import smoothgeo.data
+
+    params = json.loads(json.dumps(PARAMS))
+    params["train"]["scratch"]["init_only"] = {"recipe": "natural", "epochs": 0}
+    path = cli.tmp / "zero.yaml"
+    path.write_text(yaml.safe_dump(params))
+    loader = smoothgeo.data.load_dataset
+    record = cli("init_only", params_path=path)
+    assert record["history"] == [] and record["train_size"] == 0 and record["epochs"] == 0
+    torch.manual_seed(PARAMS.get("seed", 0))
+    model, meta = load_checkpoint(cli.tmp / "checkpoints" / "init_only.pt")
+    assert meta["epochs"] == 0 and loader is smoothgeo.data.load_dataset

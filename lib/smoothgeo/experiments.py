@@ -72,9 +72,14 @@ def test_accuracy(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 1
 
 
 def attack_kwargs(attack: dict, **overrides) -> dict:
-    """params.yaml's ``attack`` section as keyword arguments of :func:`smoothgeo.evaluation.evaluate`."""
+    """params.yaml's ``attack`` section as keyword arguments of :func:`smoothgeo.evaluation.evaluate`.
+
+    ``attack["direction"]`` (optional) holds cheaper attribution options for the attack direction only
+    (e.g. fewer IG steps or SG samples on the softplus surrogate); scores and metrics use ``methods``.
+    """
     kw = {"step_size": attack["step_size"], "steps": attack["steps"], "k": attack["k"],
-          "restarts": attack["restarts"], "convention": attack["convention"]}
+          "restarts": attack["restarts"], "convention": attack["convention"],
+          "direction_options": attack.get("direction") or None}
     kw.update(overrides)
     return kw
 

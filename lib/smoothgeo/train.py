@@ -35,7 +35,8 @@ from .training import OPTIMIZERS, RECIPES, check_options, evaluate_accuracy, fit
 
 __all__ = ["main", "resolve_config", "run", "resolve_device", "GENERIC_KEYS", "RECORD_KEYS"]
 
-GENERIC_KEYS = ("recipe", "init", "arch", "epochs", "lr", "batch_size", "optimizer", "max_batches", "seed")
+GENERIC_KEYS = ("recipe", "init", "arch", "epochs", "lr", "batch_size", "optimizer", "max_batches", "seed",
+                "pretrained")
 RECORD_KEYS = ("name", "recipe", "init", "arch", "dataset", "seed", "epochs", "hyperparameters", "options",
                "test_accuracy", "seconds_per_epoch", "mean_seconds_per_epoch", "history", "train_size",
                "test_size", "batches_per_epoch", "resumed_from_epoch", "device", "version", "torch_version",
@@ -70,7 +71,8 @@ def resolve_config(params: dict, name: str) -> dict:
     kind = "scratch" if name in scratch else "finetune"
     entry = {**(train.get("defaults") or {}), **((scratch if kind == "scratch" else finetune)[name] or {})}
     entry.setdefault("seed", params.get("seed", 0))
-    for key, default in (("arch", "fashion_cnn"), ("optimizer", "adam"), ("max_batches", None), ("init", None)):
+    for key, default in (("arch", "fashion_cnn"), ("optimizer", "adam"), ("max_batches", None), ("init", None),
+                         ("pretrained", False)):
         entry.setdefault(key, default)
     for key in ("recipe", "epochs", "lr", "batch_size"):
         if key not in entry:
@@ -78,7 +80,10 @@ def resolve_config(params: dict, name: str) -> dict:
     recipe = entry["recipe"]
     _check(recipe in RECIPES, "recipe", recipe, f"one of {sorted(RECIPES)}")
     _check(entry["arch"] in ARCHITECTURES, "arch", entry["arch"], f"one of {sorted(ARCHITECTURES)}")
-    _check(_is_int(entry["epochs"]) and entry["epochs"] >= 1, "epochs", entry["epochs"], "an integer >= 1")
+    _check(_is_int(entry["epochs"]) and entry["epochs"] >= 0, "epochs", entry["epochs"],
+           "an integer >= 0 (0: no training, e.g. a pretrained model)")
+    _check(entry["pretrained"] in (False, True) and (not entry["pretrained"] or entry["arch"] == "resnet50"),
+           "pretrained", entry["pretrained"], "false, or true with arch resnet50 (torchvision's ImageNet weights)")
     _check(isinstance(entry["lr"], (int, float)) and not isinstance(entry["lr"], bool) and 0 < entry["lr"] < 10,
            "lr", entry["lr"], "a number with 0 < lr < 10")
     _check(_is_int(entry["batch_size"]) and entry["batch_size"] >= 1, "batch_size", entry["batch_size"],
@@ -183,12 +188,13 @@ def run(config: dict, *, checkpoints="data/checkpoints", record=None, device="au
     checkpoints = Path(checkpoints)
     final_path, partial_path = checkpoints / f"{name}.pt", checkpoints / f"{name}.partial.pt"
     dcfg = config["data"]
-    train_ds = data_mod.load_dataset(dcfg["dataset"], "train", root=dcfg["root"])
     test_ds = data_mod.load_dataset(dcfg["dataset"], "test", root=dcfg["root"])
-    train_idx = _subset_indices(len(train_ds), dcfg["train_limit"], seed)
+    # epochs 0 (a pretrained model, e.g. ImageNet's ResNet-50) needs no training split
+    train_ds = data_mod.load_dataset(dcfg["dataset"], "train", root=dcfg["root"]) if config["epochs"] else test_ds
+    train_idx = _subset_indices(len(train_ds), dcfg["train_limit"], seed) if config["epochs"] else torch.arange(0)
     test_idx = _subset_indices(len(test_ds), dcfg["test_limit"], seed)
-    num_classes = _num_classes(dcfg["dataset"], train_ds)
-    model_kwargs = _model_kwargs(config["arch"], tuple(train_ds[0][0].shape))
+    num_classes = _num_classes(dcfg["dataset"], test_ds)
+    model_kwargs = _model_kwargs(config["arch"], tuple(test_ds[0][0].shape))
 
     init_sha = None
     if config["kind"] == "finetune":
@@ -200,7 +206,8 @@ def run(config: dict, *, checkpoints="data/checkpoints", record=None, device="au
         init_sha = _sha256(init_path)
     else:
         torch.manual_seed(seed)
-        model = build_model(config["arch"], num_classes=num_classes, **model_kwargs)
+        build_kwargs = {**model_kwargs, "pretrained": True} if config.get("pretrained") else model_kwargs
+        model = build_model(config["arch"], num_classes=num_classes, **build_kwargs)
     model.to(dev)
 
     fingerprint = _fingerprint(config, init_sha)
@@ -223,7 +230,7 @@ def run(config: dict, *, checkpoints="data/checkpoints", record=None, device="au
                   f"training {name} from the start", file=sys.stderr)
     resumed_from = start_epoch
 
-    train_loader = _loader(train_ds, train_idx, config["batch_size"], shuffle=True)
+    train_loader = _loader(train_ds, train_idx, config["batch_size"], shuffle=True) if config["epochs"] else []
     test_loader = _loader(test_ds, test_idx, _EVAL_BATCH, shuffle=False)
 
     def save_state(epoch_done, model_, optimizer, log):
