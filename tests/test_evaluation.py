@@ -74,6 +74,14 @@ def test_changed_configuration_is_not_mixed(setup, tmp_path):
     evaluate(model, x, y, **{**SETTINGS, "kinds": ["random"], "epsilons": [0.05]}, partial_path=path)
     with pytest.raises(ValueError, match=r"different configuration \(differs in: steps\)"):
         evaluate(model, x, y, **{**SETTINGS, "steps": 4}, partial_path=path)
+    # the pipeline's choice: warn, start over, overwrite the stale file; the result is a fresh run's
+    changed = {**SETTINGS, "kinds": ["random"], "epsilons": [0.05], "steps": 4}
+    with pytest.warns(UserWarning, match="different configuration.*starting over"):
+        restarted = evaluate(model, x, y, **changed, partial_path=path, on_mismatch="restart")
+    pd.testing.assert_frame_equal(restarted, evaluate(model, x, y, **changed), check_exact=True)
+    assert pd.read_csv(path).config_hash.nunique() == 1  # the stale rows are gone, not mixed in
+    with pytest.raises(ValueError, match="on_mismatch must be 'raise' or 'restart'"):
+        evaluate(model, x, y, **changed, partial_path=path, on_mismatch="ignore")
 
 
 def test_noise_floor(setup):

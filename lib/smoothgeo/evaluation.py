@@ -107,7 +107,7 @@ def _as_list(v) -> list:
     return [v] if isinstance(v, (str, int, float)) else list(v)
 
 
-def _load_partial(path: Path, config_hash: str, config: dict) -> pd.DataFrame:
+def _load_partial(path: Path, config_hash: str, config: dict, on_mismatch: str = "raise") -> pd.DataFrame:
     if not path.exists():
         return _frame([])
     frame = pd.read_csv(path, dtype={"config_hash": str})  # pandas >= 3 parses floats round-trip exactly
@@ -123,6 +123,11 @@ def _load_partial(path: Path, config_hash: str, config: dict) -> pd.DataFrame:
             old = json.loads(side.read_text())
             diff = sorted(key for key in set(old) | set(config) if old.get(key) != config.get(key))
             detail = f" (differs in: {', '.join(diff)})"
+        if on_mismatch == "restart":
+            import warnings
+            warnings.warn(f"partial results in {path} were computed with a different configuration{detail}; "
+                          "starting over (the file will be overwritten)", stacklevel=3)
+            return _frame([])
         raise ValueError(f"partial results in {path} were computed with a different configuration{detail}; "
                          "delete the file to start over, or pass another partial_path")
     return _frame(frame)
@@ -136,7 +141,7 @@ def evaluate(model: nn.Module, x: Tensor, y, *, attacked_methods: str | Sequence
              target_map=None,
              convention: str = "grad_times_input", map_weight: float = 1.0, output_weight: float = 1.0,
              on_reject: str = "revert", batch_size: int | None = None, partial_path=None,
-             progress: bool = True) -> pd.DataFrame:
+             on_mismatch: str = "raise", progress: bool = True) -> pd.DataFrame:
     """Attack and evaluate; one row per (unit, image, evaluated method), columns :data:`COLUMNS`.
 
     Args:
@@ -154,6 +159,9 @@ def evaluate(model: nn.Module, x: Tensor, y, *, attacked_methods: str | Sequence
         direction_options: per method name, overrides for the attack direction only (e.g. fewer samples),
             see :func:`smoothgeo.attacks.attack`.
         partial_path: CSV to write partial results to after each unit and to resume from (see module docs).
+        on_mismatch: what a partial file from another configuration does: ``"raise"`` a ValueError (default)
+            or ``"restart"``: warn and start over, overwriting it (the pipeline's notebooks use this, since a
+            changed parameter must re-run the stage).
         progress: tqdm bars over units and attack iterations.
     Returns:
         DataFrame with columns :data:`COLUMNS`, rows ordered by attacked method, kind, epsilon (in the given
@@ -189,7 +197,9 @@ def evaluate(model: nn.Module, x: Tensor, y, *, attacked_methods: str | Sequence
               "on_reject": on_reject, "batch_size": batch_size}
     config_hash = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
     path = None if partial_path is None else Path(partial_path)
-    done = _load_partial(path, config_hash, config) if path is not None else _frame([])
+    if on_mismatch not in ("raise", "restart"):
+        raise ValueError(f"on_mismatch must be 'raise' or 'restart', got {on_mismatch!r}")
+    done = _load_partial(path, config_hash, config, on_mismatch) if path is not None else _frame([])
     if path is not None:
         atomic_write_json(Path(str(path) + ".config.json"), config)
 

@@ -93,8 +93,10 @@ def evaluate_zoo(zoo: dict[str, ZooEntry], x: Tensor, y: Tensor, *, partial_dir:
                  **kwargs) -> pd.DataFrame:
     """:func:`smoothgeo.evaluation.evaluate` for every model of ``zoo``; adds a ``model`` column.
 
-    Partial results go to ``partial_dir/<model>.csv`` so an interrupted notebook resumes where it stopped.
+    Partial results go to ``partial_dir/<model>.csv`` so an interrupted notebook resumes where it stopped; a
+    partial file from other parameters is discarded (with a warning), as a re-run stage must start over.
     """
+    kwargs.setdefault("on_mismatch", "restart")
     frames = []
     for label, entry in zoo.items():
         partial = None if partial_dir is None else Path(partial_dir) / f"{label}.csv"
