@@ -106,9 +106,10 @@ def mass_center_dislocation(m1: Tensor, m2: Tensor) -> Tensor:
 
 
 def cosine_distance(m1: Tensor, m2: Tensor, eps: float = 1e-12) -> Tensor:
-    """``1 - cos(m1, m2)`` between the flattened maps; (N,)."""
+    """``1 - cos(m1, m2)`` between the flattened maps, in [0, 2]; (N,)."""
     a, b = _pair(m1, m2)
-    return 1 - (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(eps)
+    # clamped: rounding can give -1e-7 for identical maps
+    return (1 - (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(eps)).clamp(0.0, 2.0)
 
 
 #: metric name -> (function, needs k). Used by the evaluation engine; ``higher_is_similar`` tells the direction.
