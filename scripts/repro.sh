@@ -8,6 +8,9 @@ profile=${1:-default}
 shift || true
 if [ "$profile" = default ]; then
   dvc repro "$@"
+  if [ -f results/SUMMARY.md ]; then  # copy the generated tables and figure links into README.md
+    python -m smoothgeo.summary --results results --out results/SUMMARY.md --readme README.md >/dev/null
+  fi
   exit 0
 fi
 if [ ! -f "profiles/$profile.yaml" ]; then

@@ -13,7 +13,7 @@ from smoothgeo import experiments as ex  # noqa: E402
 from smoothgeo.checkpoints import save_checkpoint  # noqa: E402
 from smoothgeo.models import MLP  # noqa: E402
 from smoothgeo.report import repo_root, save_figure, save_table  # noqa: E402
-from smoothgeo.summary import claims  # noqa: E402
+from smoothgeo.summary import claims, update_readme  # noqa: E402
 
 
 def test_save_table_writes_three_formats(tmp_path):
@@ -119,3 +119,13 @@ def test_attack_kwargs_map_the_params_section():
                   "direction_options": {"IG": {"steps": 5}}}
     assert ex.method_options_for({"SG": {"noise_level": 0.1, "samples": 50}}, "SG", samples=8) == \
         {"SG": {"noise_level": 0.1, "samples": 8}}
+
+
+def test_update_readme_replaces_only_the_marked_block(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- results:start -->\nold\n<!-- results:end -->\nrest\n")
+    update_readme(readme, "new table\n")
+    assert readme.read_text() == "intro\n<!-- results:start -->\nnew table\n<!-- results:end -->\nrest\n"
+    readme.write_text("no markers\n")
+    with pytest.raises(ValueError, match="no '<!-- results:start -->'"):
+        update_readme(readme, "x")
