@@ -15,6 +15,7 @@ import time
 import torch
 
 from smoothgeo.attacks import attack
+from smoothgeo.checkpoints import load_checkpoint
 from smoothgeo.models import FashionCNN
 
 
@@ -37,15 +38,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--method", default="SM", choices=["SM", "IG", "SG", "UG"])
     parser.add_argument("--kind", default="topk", choices=["topk", "mass_center", "random"])
-    parser.add_argument("--checkpoint", default=None, help="FashionCNN state dict (.pt); default random init")
+    parser.add_argument("--checkpoint", default=None,
+                        help="a smoothgeo checkpoint, e.g. data/checkpoints/natural.pt; default: random FashionCNN")
     parser.add_argument("--samples", type=int, default=10, help="IG steps / SG, UG noise samples")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)
-    model = FashionCNN()
-    if args.checkpoint:
-        model.load_state_dict(torch.load(args.checkpoint, map_location="cpu", weights_only=True))
+    model = load_checkpoint(args.checkpoint)[0] if args.checkpoint else FashionCNN()
     options = {"IG": {"steps": args.samples}, "SG": {"samples": args.samples},
                "UG": {"samples": args.samples}}.get(args.method, {})
     x_cpu = torch.rand(args.images, 1, 28, 28, generator=torch.Generator().manual_seed(args.seed))
