@@ -8,15 +8,6 @@ from smoothgeo.geometry import (ce_hessian_lambda_max, gradient_lipschitz, hessi
 from smoothgeo.models import MLP, FashionCNN, ResNet20, softplus_copy
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: OpenMP threads only add overhead (and stall badly on a busy 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _full_hessian_max_eig(model, x, y):
     """Reference: the largest eigenvalue of the full d x d input Hessian of CE, one image at a time."""
     out = []

@@ -16,15 +16,6 @@ from smoothgeo.training import (OPTIONS, RECIPES, check_options, fit, ig_of_loss
                                 weight_decay_loss)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: OpenMP threads only add overhead (and stall badly on a busy 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _toy(n=64, seed=0):
     """Images (n, 1, 4, 4) in [0, 1]; label = which third of the image is brightest (3 classes)."""
     g = torch.Generator().manual_seed(seed)
@@ -237,8 +228,8 @@ def test_cli_writes_checkpoint_and_record(cli):
     assert rec["history"][0]["batches"] == 2 and "lambda_max" in rec["history"][0]
 
 
-def test_cli_resumes_after_interruption(cli, monkeypatch):
-    reference = cli("natural", folder="uninterrupted")
+def _interrupt_after_first_epoch(cli, monkeypatch, name):
+    """Run ``name`` until its first partial checkpoint is written, then 'crash'; restore the real saver."""
     real_save = ckpt.save_partial
 
     def save_then_die(*args, **kwargs):
@@ -247,10 +238,15 @@ def test_cli_resumes_after_interruption(cli, monkeypatch):
 
     monkeypatch.setattr(ckpt, "save_partial", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        cli("natural")
+        cli(name)
+    monkeypatch.setattr(ckpt, "save_partial", real_save)
+
+
+def test_cli_resumes_after_interruption(cli, monkeypatch):
+    reference = cli("natural", folder="uninterrupted")
+    _interrupt_after_first_epoch(cli, monkeypatch, "natural")
     folder = cli.tmp / "checkpoints"
     assert (folder / "natural.partial.pt").exists() and not (folder / "natural.pt").exists()
-    monkeypatch.setattr(ckpt, "save_partial", real_save)
     record = cli("natural")
     assert record["resumed_from_epoch"] == 1 and len(record["seconds_per_epoch"]) == 2
     a = torch.load(folder / "natural.pt", weights_only=True)["state_dict"]
@@ -260,16 +256,7 @@ def test_cli_resumes_after_interruption(cli, monkeypatch):
 
 
 def test_cli_ignores_partial_from_another_configuration(cli, monkeypatch, capsys):
-    real_save = ckpt.save_partial
-
-    def save_then_die(*args, **kwargs):
-        real_save(*args, **kwargs)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(ckpt, "save_partial", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        cli("natural")
-    monkeypatch.setattr(ckpt, "save_partial", real_save)
+    _interrupt_after_first_epoch(cli, monkeypatch, "natural")
     changed = json.loads(json.dumps(PARAMS))
     changed["train"]["defaults"]["lr"] = 0.02
     other = cli.tmp / "other.yaml"
