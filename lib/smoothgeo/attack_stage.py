@@ -1,0 +1,652 @@
+"""Pipeline stage: attack one model with every configured attack setting, once, and store the records.
+
+    python -m smoothgeo.attack_stage --params params.yaml --model NAME [--checkpoints data/checkpoints] \\
+        [--records data/attacks] [--tables results/attacks] [--timings results/timings] \\
+        [--partials data/cache/partial/attacks] [--device auto]
+
+NAME is a checkpoint name (``<checkpoints>/NAME.pt``, e.g. ``natural-s0``) or an inference-time softplus copy
+``BASE+softplus<beta>`` (e.g. ``natural-s0+softplus3``, as :func:`smoothgeo.experiments.load_zoo` names them).
+Every model sees the same evaluation images, ``experiments.eval_images(params["data"], attacks.n_images,
+seed=params["seed"])``, so comparisons between models are paired by image index.
+
+Parameters: the ``attacks`` section (and the top-level ``seed``, ``device``, ``data`` and ``methods``). A
+complete example::
+
+    attacks:
+      n_images: 100                 # evaluation images (the same for every model)
+      batch_size: null              # images per attack batch (memory); null = all at once
+      evaluated_methods: [SM, IG, SG, UG]   # every adversarial batch is re-evaluated on each (transfer)
+      defaults:                     # every setting starts from these
+        epsilons: [0.1]             # or `epsilon: 0.1`
+        step_size: 0.01
+        steps: 100
+        k: 100
+        restarts: 2
+        convention: grad_times_input
+        on_reject: backtrack        # one of smoothgeo.attacks.ON_REJECT
+        surrogates: [1.0, 3.0, 10.0, 30.0]  # softplus betas of the surrogate ensemble; null = the model itself
+        direction: {IG: {steps: 5}, SG: {samples: 5}, UG: {samples: 5}}   # cheaper options, direction only
+        map_weight: 1.0             # targeted loss weights
+        output_weight: 1.0
+      settings:                     # name -> one attack (one record per epsilon: id "<name>-eps<epsilon>")
+        SM-topk: {method: SM, kind: topk, epsilons: [0.05, 0.1, 0.2], models: all}
+        IG-topk: {method: IG, kind: topk, steps: 30, models: all}
+        SG-topk: {method: SG, kind: topk, steps: 30, models: ["natural-*", "ssr10-*", "madry0.1-*"]}
+        SG50-topk: {method: SG, kind: topk, steps: 20, method_options: {samples: 50}, direction: null,
+                    models: [natural-s0]}
+        SM-mass_center: {method: SM, kind: mass_center, models: ["natural-*", "ssr10-*", "madry0.1-*"]}
+        SM-targeted: {method: SM, kind: targeted, models: ["natural-*", "ssr10-*", "madry0.1-*"]}
+        SM-random: {method: SM, kind: random, steps: 100, models: all}
+        IG-random: {method: IG, kind: random, steps: 100, models: all}
+
+A setting takes ``method`` (attacked: SM, IG, SG, UG) and ``kind`` (topk, mass_center, targeted, random), both
+required, plus any key of ``defaults`` to override it, and:
+
+* ``models``: ``all`` (default), a glob pattern, or a list of names / glob patterns (``fnmatch``; note that
+  ``natural-*`` also matches ``natural-s0+softplus3``).
+* ``method_options``: merged over the top-level ``methods[method]`` for the attacked method (its scores, label
+  check and, unless ``direction`` says otherwise, its attack direction).
+* ``direction``: the attack direction's options for this setting's method, replacing
+  ``defaults.direction[method]``; ``null`` = no cheaper direction (use ``method_options``, e.g. 50 samples).
+* ``evaluated_methods``: overrides ``attacks.evaluated_methods`` for this setting.
+
+Conventions:
+
+* Surrogates: a ReLU model is attacked through each softplus beta of ``surrogates`` (per image the worst,
+  i.e. lowest-Kendall, result wins; ``member`` / ``beta`` name the winner, beta NaN = the model's own gradient).
+  A smooth model (e.g. a ``+softplus`` copy) is attacked through its own gradient only, and the ``random``
+  kind uses no surrogate. When :func:`smoothgeo.attacks.attack` takes ``surrogates`` the ensemble runs inside
+  it; otherwise this stage runs one attack per beta and keeps each image's winner (its diagnostics).
+* Evaluation (the rules of :func:`smoothgeo.evaluation.evaluate`): the explained class is the model's clean
+  prediction; evaluated methods use the top-level ``methods`` options; SG/UG clean maps use one seeded draw per
+  method shared by all settings, adversarial maps an independent draw per setting and method.
+* Targeted: the target of image i is the clean map of another evaluation image with a different true label
+  (:mod:`smoothgeo.targets`; the same target image for every model). ``target_distance`` is the mean squared
+  per-pixel distance from the adversarial map to the target image's map under the evaluated method,
+  ``clean_target_distance`` the same from the clean map (the starting point).
+
+Outputs:
+
+* ``<records>/<model>.pt``: ``{setting_id: {"x_adv": (N, C, H, W) float32, "image": (N,) long, "label": (N,)
+  long, "pred": (N,) long, "attacked", "label_kept", "stalled": (N,) bool, "score", "kendall", "linf", "beta":
+  (N,) float32, "restart", "member", "rejected_steps", "accepted_steps", "zero_directions": (N,) long,
+  "target_image": (N,) long (targeted only)}}`` on the CPU, tensors only (``torch.load(weights_only=True)``).
+  Diagnostics the installed :func:`~smoothgeo.attacks.attack` does not report (``accepted_steps``,
+  ``stalled``) are left out and appear empty in the table.
+* ``<tables>/<model>.csv.gz`` (gzip with mtime 0, deterministic): one row per image x setting x evaluated
+  method, columns :data:`COLUMNS`.
+* ``<timings>/attack-<model>.json``: wall time, peak RSS (``ru_maxrss``), per-setting seconds.
+
+Resuming: each finished setting goes atomically to ``<partials>/<model>/<setting_id>.pt`` with a hash of its
+configuration and of the model's weights and the images; a re-run reuses a partial with the same hash and
+discards (with a message) one computed under other settings. The partials are removed once the outputs are
+written.
+"""
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import hashlib
+import inspect
+import io
+import json
+import math
+import re
+import resource
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from . import attacks as attacks_mod
+from . import experiments
+from .attacks import CONVENTIONS, KINDS, RANDOM_METHODS, derive_seed, eval_mode
+from .attributions import METHODS
+from .checkpoints import CheckpointError, load_checkpoint
+from .evaluation import METRIC_COLUMNS, compare_maps, compute_maps
+from .geometry import is_piecewise_linear
+from .io import atomic_path, atomic_write_csv, atomic_write_json, load_params
+from .models import softplus_copy
+from .targets import pick_targets, target_distance, target_maps
+
+__all__ = ["main", "run", "check_params", "resolve_settings", "load_model", "parse_model_name", "load_records",
+           "COLUMNS", "DEFAULTS", "SETTING_KEYS"]
+
+COLUMNS = ["model", "setting", "attacked_method", "kind", "epsilon", "image", "label", "evaluated_method",
+           *METRIC_COLUMNS, "score", "target_distance", "clean_target_distance", "linf", "attacked", "label_kept",
+           "clean_conf", "adv_conf", "restart", "member", "beta", "accepted_steps", "rejected_steps", "stalled",
+           "zero_directions"]
+_DTYPES = {"model": "str", "setting": "str", "attacked_method": "str", "kind": "str", "epsilon": "float64",
+           "image": "int64", "label": "int64", "evaluated_method": "str",
+           **{c: "float64" for c in METRIC_COLUMNS}, "score": "float64", "target_distance": "float64",
+           "clean_target_distance": "float64", "linf": "float64", "attacked": "bool", "label_kept": "bool",
+           "clean_conf": "float64", "adv_conf": "float64", "restart": "Int64", "member": "Int64",
+           "beta": "float64", "accepted_steps": "Int64", "rejected_steps": "Int64", "stalled": "boolean",
+           "zero_directions": "Int64"}
+
+#: built-in values of ``attacks.defaults`` (params override each)
+DEFAULTS = {"epsilons": [0.1], "step_size": 0.01, "steps": 100, "k": 100, "restarts": 1,
+            "convention": "grad_times_input", "on_reject": "revert", "surrogates": [10.0], "direction": {},
+            "map_weight": 1.0, "output_weight": 1.0}
+#: keys a setting may have besides those of :data:`DEFAULTS`
+SETTING_KEYS = ("method", "kind", "models", "method_options", "evaluated_methods", "epsilon")
+SECTION_KEYS = ("n_images", "batch_size", "evaluated_methods", "defaults", "settings")
+_DIAGNOSTICS = ("attacked", "label_kept", "score", "kendall", "restart", "rejected_steps", "zero_directions",
+                "linf", "accepted_steps", "stalled")
+_NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
+_FORMAT = 1
+
+
+# ------------------------------------------------------------------------------------------------ validation
+def _fail(key: str, value, allowed: str):
+    raise ValueError(f"{key}={value!r} is invalid; allowed: {allowed}")
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _on_reject_values() -> tuple:
+    return tuple(getattr(attacks_mod, "ON_REJECT", ("revert", "continue")))
+
+
+def _check_methods(key: str, value) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or any(m not in METHODS for m in value):
+        _fail(key, value, f"a non-empty list of methods among {sorted(METHODS)}")
+    return list(value)
+
+
+def _check_options(key: str, value) -> dict:
+    if not isinstance(value, dict) or any(not isinstance(k, str) for k in value):
+        _fail(key, value, "a mapping of option name -> value, e.g. {samples: 50}")
+    return dict(value)
+
+
+def _epsilons(key: str, entry: dict, fallback) -> list[float]:
+    if "epsilon" in entry and "epsilons" in entry:
+        raise ValueError(f"{key} gives both epsilon and epsilons; allowed: one of them")
+    if "epsilon" in entry:
+        value, name = entry["epsilon"], f"{key}.epsilon"
+        value = [value] if _is_num(value) else value
+    elif "epsilons" in entry:
+        value, name = entry["epsilons"], f"{key}.epsilons"
+    else:
+        return list(fallback)
+    if _is_num(value):
+        value = [value]
+    if not isinstance(value, list) or not value or any(not _is_num(e) or not 0 <= e <= 1 for e in value):
+        _fail(name, value, "a number or non-empty list of numbers in [0, 1] (L-inf radius in pixel units)")
+    if len(set(float(e) for e in value)) != len(value):
+        _fail(name, value, "distinct epsilons")
+    return [float(e) for e in value]
+
+
+def _check_common(key: str, cfg: dict) -> None:
+    """Validate the keys of :data:`DEFAULTS` present in ``cfg`` (defaults or a setting)."""
+    checks = {
+        "step_size": (lambda v: _is_num(v) and v > 0, "a number > 0"),
+        "steps": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+        "k": (lambda v: _is_int(v) and v >= 1, "an integer >= 1 (at most the pixels in a map)"),
+        "restarts": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+        "convention": (lambda v: v in CONVENTIONS, ", ".join(CONVENTIONS)),
+        "on_reject": (lambda v: v in _on_reject_values(), ", ".join(_on_reject_values())),
+        "surrogates": (lambda v: isinstance(v, list) and len(v) > 0
+                       and all(b is None or (_is_num(b) and b > 0) for b in v),
+                       "a non-empty list of softplus betas > 0 or null (the model's own gradient)"),
+        "map_weight": (lambda v: _is_num(v) and v >= 0, "a number >= 0"),
+        "output_weight": (lambda v: _is_num(v) and v >= 0, "a number >= 0"),
+    }
+    for name, (ok, allowed) in checks.items():
+        if name in cfg and not ok(cfg[name]):
+            _fail(f"{key}.{name}", cfg[name], allowed)
+
+
+def check_params(params: dict) -> dict:
+    """Validate ``params["attacks"]``; return it with :data:`DEFAULTS` filled in (``defaults`` resolved).
+
+    Raises:
+        ValueError: one line naming the offending key, its value and the allowed values.
+    """
+    section = params.get("attacks")
+    if not isinstance(section, dict):
+        _fail("attacks", section, "a mapping with keys " + ", ".join(SECTION_KEYS) + " (see the module docstring)")
+    for key in section:
+        if key not in SECTION_KEYS:
+            _fail(f"attacks.{key}", section[key], "keys " + ", ".join(SECTION_KEYS))
+    n = section.get("n_images")
+    if not _is_int(n) or n < 1:
+        _fail("attacks.n_images", n, "an integer >= 1")
+    bs = section.get("batch_size")
+    if bs is not None and (not _is_int(bs) or bs < 1):
+        _fail("attacks.batch_size", bs, "null (all images at once) or an integer >= 1")
+    evaluated = _check_methods("attacks.evaluated_methods", section.get("evaluated_methods", ["SM"]))
+    defaults = section.get("defaults") or {}
+    if not isinstance(defaults, dict):
+        _fail("attacks.defaults", defaults, "a mapping with keys " + ", ".join(["epsilon", *DEFAULTS]))
+    for key in defaults:
+        if key not in DEFAULTS and key != "epsilon":
+            _fail(f"attacks.defaults.{key}", defaults[key], "keys " + ", ".join(["epsilon", *DEFAULTS]))
+    _check_common("attacks.defaults", defaults)
+    direction = defaults.get("direction") or {}
+    if not isinstance(direction, dict) or any(m not in METHODS for m in direction):
+        _fail("attacks.defaults.direction", direction, f"a mapping method -> options, methods among {sorted(METHODS)}")
+    for m, opts in direction.items():
+        _check_options(f"attacks.defaults.direction.{m}", opts)
+    resolved = {**DEFAULTS, **{k: v for k, v in defaults.items() if k != "epsilon"},
+                "epsilons": _epsilons("attacks.defaults", defaults, DEFAULTS["epsilons"]), "direction": direction}
+    methods = params.get("methods") or {}
+    if not isinstance(methods, dict):
+        _fail("methods", methods, "a mapping method -> attribution options")
+
+    settings = section.get("settings")
+    if not isinstance(settings, dict) or not settings:
+        _fail("attacks.settings", settings, "a non-empty mapping of setting name -> {method, kind, ...}")
+    allowed_keys = [*SETTING_KEYS, *DEFAULTS]
+    ids: set[str] = set()
+    for name, entry in settings.items():
+        key = f"attacks.settings.{name}"
+        if not isinstance(name, str) or not _NAME.match(name):
+            _fail(f"attacks.settings.{name}", name, "setting names of letters, digits and _ . + -")
+        if not isinstance(entry, dict):
+            _fail(key, entry, "a mapping with keys " + ", ".join(allowed_keys))
+        for k in entry:
+            if k not in allowed_keys:
+                _fail(f"{key}.{k}", entry[k], "keys " + ", ".join(allowed_keys))
+        if entry.get("method") not in METHODS:
+            _fail(f"{key}.method", entry.get("method"), ", ".join(sorted(METHODS)))
+        if entry.get("kind") not in KINDS:
+            _fail(f"{key}.kind", entry.get("kind"), ", ".join(KINDS))
+        _check_common(key, entry)
+        models = entry.get("models", "all")
+        if not (isinstance(models, str) or (isinstance(models, list) and models
+                                            and all(isinstance(m, str) for m in models))):
+            _fail(f"{key}.models", models, "'all', a glob pattern, or a non-empty list of model names / patterns")
+        if "method_options" in entry:
+            _check_options(f"{key}.method_options", entry["method_options"])
+        if entry.get("direction") is not None:
+            _check_options(f"{key}.direction", entry["direction"])
+        if "evaluated_methods" in entry:
+            _check_methods(f"{key}.evaluated_methods", entry["evaluated_methods"])
+        for eps in _epsilons(key, entry, resolved["epsilons"]):
+            sid = _setting_id(name, eps)
+            if sid in ids:
+                raise ValueError(f"{key}: setting id {sid!r} is used twice; allowed: distinct setting names")
+            ids.add(sid)
+    return {"n_images": n, "batch_size": bs, "evaluated_methods": evaluated, "defaults": resolved,
+            "settings": settings}
+
+
+def _setting_id(name: str, epsilon: float) -> str:
+    return f"{name}-eps{epsilon:g}"
+
+
+def _applies(models, model: str) -> bool:
+    if models == "all":
+        return True
+    patterns = [models] if isinstance(models, str) else models
+    return any(fnmatch.fnmatchcase(model, p) for p in patterns)
+
+
+def resolve_settings(params: dict, model: str, *, smooth: bool = False) -> list[dict]:
+    """The attack settings that apply to ``model``, one dict per (setting, epsilon), in params order.
+
+    Each dict holds ``id`` (``<name>-eps<epsilon>``), ``name``, ``method``, ``kind``, ``epsilon``, every key of
+    :data:`DEFAULTS` but ``epsilons`` / ``direction`` resolved, ``method_options`` (top-level ``methods`` merged
+    with the setting's), ``direction_options`` (None = same as ``method_options``), ``evaluated_methods`` and
+    ``evaluated_options`` (method -> top-level options). ``smooth``: the model is smooth, so it is attacked
+    through its own gradient (``surrogates: [None]``).
+    """
+    section = check_params(params)
+    defaults, methods = section["defaults"], params.get("methods") or {}
+    out = []
+    for name, entry in section["settings"].items():
+        if not _applies(entry.get("models", "all"), model):
+            continue
+        method, kind = entry["method"], entry["kind"]
+        cfg = {k: entry.get(k, defaults[k]) for k in DEFAULTS if k not in ("epsilons", "direction")}
+        surrogates = list(dict.fromkeys(cfg["surrogates"]))
+        if smooth or kind == "random":
+            surrogates = [None]
+        options = {**(methods.get(method) or {}), **(entry.get("method_options") or {})}
+        if "direction" in entry:
+            direction = None if entry["direction"] is None else dict(entry["direction"])
+        else:
+            direction = dict(defaults["direction"].get(method) or {}) or None
+        evaluated = _check_methods(f"attacks.settings.{name}.evaluated_methods",
+                                   entry.get("evaluated_methods", section["evaluated_methods"]))
+        for eps in _epsilons(f"attacks.settings.{name}", entry, defaults["epsilons"]):
+            out.append({"id": _setting_id(name, eps), "name": name, "method": method, "kind": kind,
+                        "epsilon": eps, **cfg, "surrogates": surrogates, "method_options": options,
+                        "direction_options": direction, "evaluated_methods": evaluated,
+                        "evaluated_options": {m: dict(methods.get(m) or {}) for m in evaluated}})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- models
+def parse_model_name(name: str) -> tuple[str, float | None]:
+    """``"natural-s0+softplus3"`` -> ``("natural-s0", 3.0)``; a plain checkpoint name -> ``(name, None)``."""
+    base, sep, beta = name.rpartition("+softplus")
+    if not sep:
+        return name, None
+    try:
+        value = float(beta)
+    except ValueError:
+        value = float("nan")
+    if not base or not value > 0 or not math.isfinite(value):
+        raise ValueError(f"model name {name!r} is invalid; allowed: a checkpoint name, or NAME+softplus<beta> "
+                         "with beta > 0 (e.g. natural-s0+softplus3)")
+    return base, value
+
+
+def load_model(name: str, *, checkpoints="data/checkpoints", device="cpu") -> nn.Module:
+    """The model called ``name``: ``<checkpoints>/name.pt``, or a softplus copy of its base (eval mode)."""
+    base, beta = parse_model_name(name)
+    model, _ = load_checkpoint(Path(checkpoints) / f"{base}.pt", device=device)
+    if beta is not None:
+        model = softplus_copy(model, beta)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def _fingerprint(*tensors) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(str((tuple(t.shape), str(t.dtype))).encode())
+        h.update(t.float().numpy().tobytes() if t.is_floating_point() else t.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------------- attack
+def _attack(model, x, y, setting: dict, *, seed: int, target_map, batch_size) -> dict[str, Tensor]:
+    """Run ``setting``'s attack (its surrogate ensemble included); per-image tensors keyed by name."""
+    common = dict(method=setting["method"], kind=setting["kind"], epsilon=setting["epsilon"],
+                  step_size=setting["step_size"], steps=setting["steps"], k=setting["k"],
+                  restarts=setting["restarts"], method_options=setting["method_options"],
+                  direction_options=setting["direction_options"], target_map=target_map,
+                  convention=setting["convention"], map_weight=setting["map_weight"],
+                  output_weight=setting["output_weight"], on_reject=setting["on_reject"],
+                  batch_size=batch_size, progress=False)
+    surrogates = setting["surrogates"]
+    base_seed = derive_seed(seed, "attack", setting["id"])
+    n = x.shape[0]
+    takes_ensemble = "surrogates" in inspect.signature(attacks_mod.attack).parameters
+    if len(surrogates) == 1 or takes_ensemble:
+        kw = {"beta": surrogates[0]} if len(surrogates) == 1 else {"surrogates": surrogates}
+        result = attacks_mod.attack(model, x, y, seed=base_seed, **common, **kw)
+        out = {name: getattr(result, name) for name in ("x_adv", *_DIAGNOSTICS)
+               if isinstance(getattr(result, name, None), Tensor)}
+        member = getattr(result, "member", None)
+        out["member"] = torch.zeros(n, dtype=torch.long, device=x.device) if member is None else member.long()
+    else:  # the installed attack() has no ensemble: one attack per beta, each image keeps its lowest Kendall
+        results = [attacks_mod.attack(model, x, y, beta=b, seed=derive_seed(base_seed, "member", i), **common)
+                   for i, b in enumerate(surrogates)]
+        kendall = torch.stack([torch.nan_to_num(r.kendall, nan=math.inf) for r in results])
+        member = kendall.argmin(0)
+        rows = torch.arange(n, device=x.device)
+        out = {}
+        for name in ("x_adv", *_DIAGNOSTICS):
+            values = [getattr(r, name, None) for r in results]
+            if all(isinstance(v, Tensor) for v in values):
+                out[name] = torch.stack(values)[member, rows]
+        out["member"] = member
+    betas = torch.tensor([math.nan if b is None else float(b) for b in surrogates], dtype=torch.float32)
+    out["beta"] = betas[out["member"].cpu()]
+    return out
+
+
+def _maps(model, x, pred, method, options, seed, setting, batch_size):
+    return compute_maps(model, x, pred, method, options=options, seed=seed, convention=setting["convention"],
+                        batch_size=batch_size)
+
+
+def _run_setting(model, x, y, setting: dict, *, model_name: str, seed: int, batch_size, clean_maps: dict,
+                 targets: Tensor | None) -> tuple[dict[str, Tensor], pd.DataFrame]:
+    """Attack with one setting and evaluate every evaluated method; returns (record tensors, rows)."""
+    n, sid = x.shape[0], setting["id"]
+    with torch.no_grad():
+        probs = torch.softmax(model(x), 1)
+    pred = probs.argmax(1)
+    clean_conf = probs.gather(1, pred.view(-1, 1)).flatten()
+
+    attack_target = None
+    if setting["kind"] == "targeted":
+        _, attack_target = target_maps(model, x, y, setting["method"], options=setting["method_options"],
+                                       seed=derive_seed(seed, "target", sid), convention=setting["convention"],
+                                       batch_size=batch_size, index=targets)
+    diag = _attack(model, x, y, setting, seed=seed, target_map=attack_target, batch_size=batch_size)
+    x_adv = diag.pop("x_adv").detach()
+    with torch.no_grad():
+        adv_probs = torch.softmax(model(x_adv), 1)
+    adv_conf = adv_probs.gather(1, pred.view(-1, 1)).flatten()
+    label_kept = adv_probs.argmax(1) == pred
+
+    record = {"x_adv": x_adv.float().cpu(), "image": torch.arange(n), "label": y.long().cpu(),
+              "pred": pred.long().cpu()}
+    for name, value in diag.items():
+        value = value.detach().cpu()
+        if name in ("attacked", "label_kept", "stalled"):
+            value = value.bool()
+        elif value.is_floating_point():
+            value = value.float()
+        else:
+            value = value.long()
+        record[name] = value
+    if targets is not None:
+        record["target_image"] = targets.long().cpu()
+
+    def col(name, kind):
+        v = record.get(name)
+        if v is None:
+            return pd.array([pd.NA] * n, dtype=kind)
+        return pd.array(v.numpy().tolist(), dtype=kind)
+
+    frames = []
+    for em in setting["evaluated_methods"]:
+        opts = setting["evaluated_options"][em]
+        if em not in clean_maps:
+            clean_maps[em] = _maps(model, x, pred, em, opts, derive_seed(seed, "clean", em), setting, batch_size)
+        adv_map = _maps(model, x_adv, pred, em, opts, derive_seed(seed, "adv", sid, em), setting, batch_size)
+        metrics = compare_maps(clean_maps[em], adv_map, setting["k"])
+        dist = clean_dist = np.full(n, np.nan)
+        if targets is not None:
+            key = ("target", em)
+            if key not in clean_maps:
+                clean_maps[key] = target_maps(model, x, y, em, options=opts, seed=derive_seed(seed, "target", em),
+                                              convention=setting["convention"], batch_size=batch_size,
+                                              index=targets)[1]
+            dist = target_distance(adv_map, clean_maps[key]).double().cpu().numpy()
+            clean_dist = target_distance(clean_maps[em], clean_maps[key]).double().cpu().numpy()
+        frames.append(pd.DataFrame({
+            "model": model_name, "setting": sid, "attacked_method": setting["method"], "kind": setting["kind"],
+            "epsilon": setting["epsilon"], "image": np.arange(n), "label": record["label"].numpy(),
+            "evaluated_method": em, **metrics, "score": record["score"].double().numpy(),
+            "target_distance": dist, "clean_target_distance": clean_dist,
+            "linf": (x_adv - x).flatten(1).abs().amax(1).double().cpu().numpy(),
+            "attacked": record["attacked"].numpy(), "label_kept": label_kept.cpu().numpy(),
+            "clean_conf": clean_conf.double().cpu().numpy(), "adv_conf": adv_conf.double().cpu().numpy(),
+            "restart": col("restart", "Int64"), "member": col("member", "Int64"),
+            "beta": record["beta"].double().numpy(), "accepted_steps": col("accepted_steps", "Int64"),
+            "rejected_steps": col("rejected_steps", "Int64"), "stalled": col("stalled", "boolean"),
+            "zero_directions": col("zero_directions", "Int64")}))
+    order = {m: i for i, m in enumerate(setting["evaluated_methods"])}
+    frame = pd.concat(frames, ignore_index=True)
+    frame = frame.assign(_em=frame.evaluated_method.map(order)).sort_values(["image", "_em"], kind="stable")
+    return record, _frame(frame.drop(columns="_em"))
+
+
+def _frame(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame[COLUMNS].astype(_DTYPES).reset_index(drop=True)
+
+
+def _csv_text(frame: pd.DataFrame) -> str:
+    buf = io.StringIO()
+    frame.to_csv(buf, index=False)
+    return buf.getvalue()
+
+
+def _read_csv_text(text: str) -> pd.DataFrame:
+    return _frame(pd.read_csv(io.StringIO(text), dtype={"model": str, "setting": str}))
+
+
+# ------------------------------------------------------------------------------------------------- partials
+def _setting_hash(setting: dict, fingerprints: dict) -> str:
+    blob = json.dumps({"format": _FORMAT, "setting": setting, **fingerprints}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _load_partial(path: Path, expected: str, log) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        ok = isinstance(obj, dict) and obj.get("hash") == expected
+        reason = "it was computed with other settings, model or images"
+    except Exception as exc:  # a foreign or damaged file: recompute, never crash the stage on a cache
+        ok, reason = False, f"it cannot be read ({type(exc).__name__})"
+    if not ok:
+        log(f"discarding partial {path}: {reason}")
+        path.unlink(missing_ok=True)
+        return None
+    return obj
+
+
+def _save_pt(path: Path, obj) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def load_records(path) -> dict[str, dict[str, Tensor]]:
+    """Read ``data/attacks/<model>.pt`` (``torch.load(weights_only=True)`` on the CPU)."""
+    return torch.load(Path(path), map_location="cpu", weights_only=True)
+
+
+# ------------------------------------------------------------------------------------------------------ run
+def run(params: dict, model_name: str, *, checkpoints="data/checkpoints", records="data/attacks",
+        tables="results/attacks", timings="results/timings", partials="data/cache/partial/attacks",
+        device="cpu", root: Path | None = None, log=None) -> dict:
+    """Attack ``model_name`` with every setting that applies to it; write records, table and timings.
+
+    Returns:
+        The timings record (also written as JSON).
+    """
+    def say(msg):
+        print(msg, file=sys.stderr, flush=True) if log is None else log(msg)
+
+    start = time.perf_counter()
+    check_params(params)
+    section = params["attacks"]
+    seed = int(params.get("seed", 0))
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    model = load_model(model_name, checkpoints=checkpoints, device=dev)
+    smooth = not is_piecewise_linear(model)
+    settings = resolve_settings(params, model_name, smooth=smooth)
+    if not settings:
+        say(f"warning: no attack setting of params 'attacks.settings' applies to model {model_name!r}")
+    x, y = experiments.eval_images(params["data"], section["n_images"], seed=seed, device=dev, root=root)
+    y = y.long()
+    fingerprints = {"model_name": model_name, "model": _fingerprint(*model.state_dict().values()),
+                    "data": _fingerprint(x, y), "seed": seed, "batch_size": section.get("batch_size")}
+    batch_size = section.get("batch_size")
+
+    part_dir = Path(partials) / model_name
+    wanted = {s["id"] for s in settings}
+    if part_dir.exists():
+        for stale in sorted(part_dir.glob("*.pt")):
+            if stale.stem not in wanted:
+                say(f"discarding partial {stale}: setting {stale.stem!r} is no longer configured for {model_name}")
+                stale.unlink()
+
+    targets = None
+    if any(s["kind"] == "targeted" for s in settings):
+        targets = pick_targets(y)
+    records_out: dict[str, dict[str, Tensor]] = {}
+    frames, seconds, computed, resumed = [], {}, [], []
+    clean_maps: dict = {}
+    with eval_mode(model):
+        for i, setting in enumerate(settings, 1):
+            sid = setting["id"]
+            path = part_dir / f"{sid}.pt"
+            expected = _setting_hash(setting, fingerprints)
+            obj = _load_partial(path, expected, say)
+            if obj is not None:
+                record, frame, secs = obj["record"], _read_csv_text(obj["rows"]), float(obj["seconds"])
+                resumed.append(sid)
+                note = "resumed"
+            else:
+                t0 = time.perf_counter()
+                record, frame = _run_setting(model, x, y, setting, model_name=model_name, seed=seed,
+                                             batch_size=batch_size, clean_maps=clean_maps,
+                                             targets=targets if setting["kind"] == "targeted" else None)
+                secs = time.perf_counter() - t0
+                _save_pt(path, {"hash": expected, "record": record, "rows": _csv_text(frame), "seconds": secs})
+                computed.append(sid)
+                note = f"{secs:.1f} s"
+            records_out[sid], seconds[sid] = record, secs
+            frames.append(frame)
+            att = record["attacked"]
+            own = frame[(frame.evaluated_method == setting["method"]) & frame.attacked]
+            stalled = int(record["stalled"][att].sum()) if "stalled" in record else None
+            say(f"[{i}/{len(settings)}] {model_name} {sid}: {int(att.sum())}/{len(att)} attacked, "
+                f"{setting['method']} top-k {own.topk.mean():.3f} kendall {own.kendall.mean():.3f}"
+                + ("" if stalled is None else f", stalled {stalled}") + f" ({note})")
+
+    table = _frame(pd.concat(frames, ignore_index=True)) if frames else _frame(pd.DataFrame(columns=COLUMNS))
+    _save_pt(Path(records) / f"{model_name}.pt", records_out)
+    atomic_write_csv(Path(tables) / f"{model_name}.csv.gz", table, compression={"method": "gzip", "mtime": 0})
+    if part_dir.exists():
+        shutil.rmtree(part_dir)
+    wall = time.perf_counter() - start
+    rec = {"stage": "attack", "model": model_name, "wall_seconds": round(wall, 3),
+           "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+           "peak_cuda_mib": (round(torch.cuda.max_memory_allocated(dev) / 2**20, 1) if dev.type == "cuda" else None),
+           "device": str(dev), "threads": torch.get_num_threads(), "images": int(x.shape[0]),
+           "settings": len(settings), "computed": computed, "resumed": resumed,
+           "setting_seconds": {k: round(v, 3) for k, v in seconds.items()}}
+    atomic_write_json(Path(timings) / f"attack-{model_name}.json", rec)
+    say(f"{model_name}: {len(settings)} settings ({len(resumed)} resumed), {len(table)} rows, {wall:.1f} s, "
+        f"peak RSS {rec['peak_rss_mib']:.0f} MiB -> {Path(records) / f'{model_name}.pt'}")
+    return rec
+
+
+def main(argv=None) -> dict:
+    from .train import resolve_device
+
+    parser = argparse.ArgumentParser(prog="python -m smoothgeo.attack_stage", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--params", default="params.yaml", help="parameter file (default params.yaml)")
+    parser.add_argument("--model", required=True, help="checkpoint name, or NAME+softplus<beta>")
+    parser.add_argument("--checkpoints", default="data/checkpoints", help="checkpoint folder")
+    parser.add_argument("--records", default="data/attacks", help="folder of <model>.pt attack records")
+    parser.add_argument("--tables", default="results/attacks", help="folder of <model>.csv.gz tables")
+    parser.add_argument("--timings", default="results/timings", help="folder of attack-<model>.json timings")
+    parser.add_argument("--partials", default="data/cache/partial/attacks", help="folder of resumable partials")
+    parser.add_argument("--device", default=None,
+                        help="auto (cuda if available), cpu, cuda, ...; default: params 'device' or auto")
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    device = resolve_device(args.device or params.get("device") or "auto")
+    return run(params, args.model, checkpoints=args.checkpoints, records=args.records, tables=args.tables,
+               timings=args.timings, partials=args.partials, device=device)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, FileNotFoundError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
