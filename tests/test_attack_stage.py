@@ -19,7 +19,7 @@ N = 6
 
 def _params(**attacks_over):
     attacks = {
-        "n_images": N, "batch_size": None, "evaluated_methods": ["SM", "IG"],
+        "n_images": N, "batch_size": None, "evaluated_methods": ["SM", "IG", "SG"],
         "defaults": {"epsilons": [0.1], "step_size": 0.02, "steps": 2, "k": 10, "restarts": 1,
                      "convention": "grad_times_input", "on_reject": "revert", "surrogates": [10.0],
                      "direction": {"IG": {"steps": 2}}},
@@ -70,8 +70,9 @@ def test_outputs_load_and_have_one_row_per_image_setting_and_method(stage):
     assert list(records) == ids  # SM-mass applies to ssr* only
     table = pd.read_csv(d / "tables" / "natural-s0.csv.gz")
     assert list(table.columns) == st.COLUMNS
-    assert len(table) == N * len(ids) * 2
-    assert (table.groupby(["setting", "image"]).size() == 2).all()
+    assert len(table) == N * len(ids) * 3
+    assert (table.groupby(["setting", "image"]).size() == 3).all()
+    assert list(table.evaluated_method[:3]) == ["SM", "IG", "SG"]
     for sid, r in records.items():
         eps = float(sid.rsplit("eps", 1)[1])
         assert r["x_adv"].dtype == torch.float32 and r["x_adv"].shape == stage.x.shape
@@ -156,7 +157,7 @@ def test_softplus_copy_is_attacked_through_its_own_gradient(stage):
     _, d = stage(params, model="natural-s0+softplus3")
     table = pd.read_csv(d / "tables" / "natural-s0+softplus3.csv.gz")
     assert set(table.model) == {"natural-s0+softplus3"} and table.beta.isna().all()
-    assert len(table) == N * 2
+    assert len(table) == N * 3
 
 
 def test_surrogate_ensemble_reports_the_winning_member(stage):
@@ -177,7 +178,7 @@ def test_settings_resolve_per_model():
     s = st.resolve_settings(params, "natural-s1")
     assert s[0]["method_options"] == {} and s[2]["method_options"] == {"steps": 4}
     assert s[2]["direction_options"] == {"steps": 2} and s[2]["steps"] == 3 and s[0]["steps"] == 2
-    assert s[0]["evaluated_options"] == {"SM": {}, "IG": {"steps": 4}}
+    assert s[0]["evaluated_options"] == {"SM": {}, "IG": {"steps": 4}, "SG": {"noise_level": 0.1, "samples": 3}}
     assert all(x["surrogates"] == [None] for x in st.resolve_settings(params, "natural-s1", smooth=True))
     params["attacks"]["settings"]["SG50"] = {"method": "SG", "kind": "topk", "method_options": {"samples": 50},
                                              "direction": None}
@@ -209,6 +210,20 @@ def test_bad_config_raises_one_line_error(path, value, match):
     with pytest.raises(ValueError, match=match) as info:
         st.check_params(params)
     assert "\n" not in str(info.value)
+
+
+def test_docstring_example_is_valid():
+    text = st.__doc__.split("complete example::")[1].split("\n\n")[1]
+    params = {"methods": {"SG": {"noise_level": 0.1, "samples": 20}}, **yaml.safe_load(text)}
+    if "backtrack" not in st._on_reject_values():  # attacks.py before the non-stalling policy landed
+        params["attacks"]["defaults"]["on_reject"] = "revert"
+    ids = lambda m: [s["id"] for s in st.resolve_settings(params, m)]
+    assert ids("natural-s0")[:3] == ["SM-topk-eps0.05", "SM-topk-eps0.1", "SM-topk-eps0.2"]
+    assert "SG50-topk-eps0.1" in ids("natural-s0") and "SG50-topk-eps0.1" not in ids("natural-s1")
+    assert "SM-targeted-eps0.1" not in ids("wd-s0")
+    sg50 = [s for s in st.resolve_settings(params, "natural-s0") if s["name"] == "SG50-topk"][0]
+    assert sg50["method_options"]["samples"] == 50 and sg50["direction_options"] is None
+    assert sg50["surrogates"] == [1.0, 3.0, 10.0, 30.0] and sg50["restarts"] == 2
 
 
 def test_bad_model_name_and_missing_section():

@@ -457,19 +457,21 @@ def _run_setting(model, x, y, setting: dict, *, model_name: str, seed: int, batc
     frames = []
     for em in setting["evaluated_methods"]:
         opts = setting["evaluated_options"][em]
-        if em not in clean_maps:
-            clean_maps[em] = _maps(model, x, pred, em, opts, derive_seed(seed, "clean", em), setting, batch_size)
+        key = ("clean", em, setting["convention"])  # one clean draw per method, shared by all settings
+        if key not in clean_maps:
+            clean_maps[key] = _maps(model, x, pred, em, opts, derive_seed(seed, "clean", em), setting, batch_size)
+        clean = clean_maps[key]
         adv_map = _maps(model, x_adv, pred, em, opts, derive_seed(seed, "adv", sid, em), setting, batch_size)
-        metrics = compare_maps(clean_maps[em], adv_map, setting["k"])
+        metrics = compare_maps(clean, adv_map, setting["k"])
         dist = clean_dist = np.full(n, np.nan)
         if targets is not None:
-            key = ("target", em)
+            key = ("target", em, setting["convention"])
             if key not in clean_maps:
                 clean_maps[key] = target_maps(model, x, y, em, options=opts, seed=derive_seed(seed, "target", em),
                                               convention=setting["convention"], batch_size=batch_size,
                                               index=targets)[1]
             dist = target_distance(adv_map, clean_maps[key]).double().cpu().numpy()
-            clean_dist = target_distance(clean_maps[em], clean_maps[key]).double().cpu().numpy()
+            clean_dist = target_distance(clean, clean_maps[key]).double().cpu().numpy()
         frames.append(pd.DataFrame({
             "model": model_name, "setting": sid, "attacked_method": setting["method"], "kind": setting["kind"],
             "epsilon": setting["epsilon"], "image": np.arange(n), "label": record["label"].numpy(),
@@ -532,6 +534,23 @@ def _save_pt(path: Path, obj) -> None:
 def load_records(path) -> dict[str, dict[str, Tensor]]:
     """Read ``data/attacks/<model>.pt`` (``torch.load(weights_only=True)`` on the CPU)."""
     return torch.load(Path(path), map_location="cpu", weights_only=True)
+
+
+def _summary_line(setting: dict, record: dict, frame: pd.DataFrame) -> str:
+    """One compact progress line: attacked count, the kind's own measure on the attacked method, stalls."""
+    att = record["attacked"]
+    own = frame[(frame.evaluated_method == setting["method"]) & frame.attacked]
+    if own.empty:
+        measure = "no attacked image evaluated on the attacked method"
+    elif setting["kind"] == "targeted":
+        measure = (f"{setting['method']} target distance {own.clean_target_distance.mean():.3g} -> "
+                   f"{own.target_distance.mean():.3g}")
+    elif setting["kind"] == "mass_center":
+        measure = f"{setting['method']} mass-centre shift {own.mass_center.mean():.3f} px"
+    else:
+        measure = f"{setting['method']} top-k {own.topk.mean():.3f} kendall {own.kendall.mean():.3f}"
+    stalled = f", stalled {int(record['stalled'][att].sum())}" if "stalled" in record else ""
+    return f"{int(att.sum())}/{len(att)} attacked, {measure}{stalled}"
 
 
 # ------------------------------------------------------------------------------------------------------ run
@@ -600,11 +619,7 @@ def run(params: dict, model_name: str, *, checkpoints="data/checkpoints", record
             records_out[sid], seconds[sid] = record, secs
             frames.append(frame)
             att = record["attacked"]
-            own = frame[(frame.evaluated_method == setting["method"]) & frame.attacked]
-            stalled = int(record["stalled"][att].sum()) if "stalled" in record else None
-            say(f"[{i}/{len(settings)}] {model_name} {sid}: {int(att.sum())}/{len(att)} attacked, "
-                f"{setting['method']} top-k {own.topk.mean():.3f} kendall {own.kendall.mean():.3f}"
-                + ("" if stalled is None else f", stalled {stalled}") + f" ({note})")
+            say(f"[{i}/{len(settings)}] {model_name} {sid}: {_summary_line(setting, record, frame)} ({note})")
 
     table = _frame(pd.concat(frames, ignore_index=True)) if frames else _frame(pd.DataFrame(columns=COLUMNS))
     _save_pt(Path(records) / f"{model_name}.pt", records_out)
