@@ -1,6 +1,8 @@
 """The attack stage (smoothgeo.attack_stage) and target-map construction (smoothgeo.targets): tiny random
 FashionCNN on 8x8 synthetic images, a few attack steps; CPU, seconds."""
+import dataclasses
 import gzip
+import inspect
 import json
 
 import pandas as pd
@@ -9,6 +11,7 @@ import torch
 import yaml
 
 from smoothgeo import attack_stage as st
+from smoothgeo import attacks
 from smoothgeo import experiments
 from smoothgeo.checkpoints import save_checkpoint
 from smoothgeo.models import build_model
@@ -81,6 +84,11 @@ def test_outputs_load_and_have_one_row_per_image_setting_and_method(stage):
         assert torch.equal(r["image"], torch.arange(N)) and torch.equal(r["label"], stage.y)
         assert not r["attacked"][-1] and r["attacked"][:-1].all()
         assert torch.equal(r["x_adv"][-1], stage.x[-1])  # not attacked: unchanged
+    # every diagnostic the installed attack() reports is kept, in the record and the table
+    reported = {f.name for f in dataclasses.fields(attacks.AttackResult)}
+    for name in ("accepted_steps", "stalled", "stalled_runs", "rejected_steps", "zero_directions", "restart"):
+        assert (name in records["SM-topk-eps0.1"]) == (name in reported)
+        assert table[name].notna().all() == (name in reported)
     # targeted: targets with another label, distances reported only there
     assert (stage.y[records["SM-targeted-eps0.1"]["target_image"]] != stage.y).all()
     targeted = table[table.kind == "targeted"]
@@ -194,7 +202,7 @@ def test_settings_resolve_per_model():
     (("settings", "SM-topk", "epsilons"), [0.1, 2], r"SM-topk\.epsilons=\[0\.1, 2\] is invalid; allowed: a number"),
     (("settings", "SM-topk", "stepz"), 3, r"SM-topk\.stepz=3 is invalid; allowed: keys method, kind"),
     (("settings", "SM-topk", "models"), [], r"SM-topk\.models=\[\] is invalid; allowed: 'all'"),
-    (("defaults", "on_reject"), "never", r"defaults\.on_reject='never' is invalid; allowed: revert"),
+    (("defaults", "on_reject"), "never", r"defaults\.on_reject='never' is invalid; allowed: .*revert"),
     (("defaults", "surrogates"), [0, 3], r"defaults\.surrogates=\[0, 3\] is invalid; allowed: a non-empty list"),
     (("defaults", "steps"), 1.5, r"defaults\.steps=1\.5 is invalid; allowed: an integer >= 0"),
     (("evaluated_methods",), ["SM", "GG"], r"attacks\.evaluated_methods=\['SM', 'GG'\] is invalid"),
@@ -217,6 +225,8 @@ def test_docstring_example_is_valid():
     params = {"methods": {"SG": {"noise_level": 0.1, "samples": 20}}, **yaml.safe_load(text)}
     if "backtrack" not in st._on_reject_values():  # attacks.py before the non-stalling policy landed
         params["attacks"]["defaults"]["on_reject"] = "revert"
+    if "stall_window" not in inspect.signature(attacks.attack).parameters:
+        params["attacks"]["defaults"].pop("stall_window")
     ids = lambda m: [s["id"] for s in st.resolve_settings(params, m)]
     assert ids("natural-s0")[:3] == ["SM-topk-eps0.05", "SM-topk-eps0.1", "SM-topk-eps0.2"]
     assert "SG50-topk-eps0.1" in ids("natural-s0") and "SG50-topk-eps0.1" not in ids("natural-s1")
@@ -224,6 +234,19 @@ def test_docstring_example_is_valid():
     sg50 = [s for s in st.resolve_settings(params, "natural-s0") if s["name"] == "SG50-topk"][0]
     assert sg50["method_options"]["samples"] == 50 and sg50["direction_options"] is None
     assert sg50["surrogates"] == [1.0, 3.0, 10.0, 30.0] and sg50["restarts"] == 2
+
+
+def test_optional_attack_options_are_checked_against_attack():
+    params = _params()
+    params["attacks"]["defaults"]["stall_window"] = 3
+    if "stall_window" in inspect.signature(attacks.attack).parameters:
+        assert all(s["extra"] == {"stall_window": 3} for s in st.resolve_settings(params, "natural-s0"))
+        params["attacks"]["defaults"]["stall_window"] = 0
+        with pytest.raises(ValueError, match=r"defaults\.stall_window=0 is invalid; allowed: an integer in"):
+            st.check_params(params)
+    else:
+        with pytest.raises(ValueError, match=r"stall_window=3 is invalid; allowed: nothing: the installed"):
+            st.check_params(params)
 
 
 def test_bad_model_name_and_missing_section():

@@ -24,6 +24,7 @@ complete example::
         restarts: 2
         convention: grad_times_input
         on_reject: backtrack        # one of smoothgeo.attacks.ON_REJECT
+        stall_window: 5             # optional; passed only when set (needs an attack() that takes it)
         surrogates: [1.0, 3.0, 10.0, 30.0]  # softplus betas of the surrogate ensemble; null = the model itself
         direction: {IG: {steps: 5}, SG: {samples: 5}, UG: {samples: 5}}   # cheaper options, direction only
         map_weight: 1.0             # targeted loss weights
@@ -69,10 +70,10 @@ Outputs:
 
 * ``<records>/<model>.pt``: ``{setting_id: {"x_adv": (N, C, H, W) float32, "image": (N,) long, "label": (N,)
   long, "pred": (N,) long, "attacked", "label_kept", "stalled": (N,) bool, "score", "kendall", "linf", "beta":
-  (N,) float32, "restart", "member", "rejected_steps", "accepted_steps", "zero_directions": (N,) long,
-  "target_image": (N,) long (targeted only)}}`` on the CPU, tensors only (``torch.load(weights_only=True)``).
-  Diagnostics the installed :func:`~smoothgeo.attacks.attack` does not report (``accepted_steps``,
-  ``stalled``) are left out and appear empty in the table.
+  (N,) float32, "restart", "member", "rejected_steps", "accepted_steps", "stalled_runs", "zero_directions":
+  (N,) long, "target_image": (N,) long (targeted only)}}`` on the CPU, tensors only
+  (``torch.load(weights_only=True)``). Diagnostics the installed :func:`~smoothgeo.attacks.attack` does not
+  report (``accepted_steps``, ``stalled``, ``stalled_runs``) are left out and appear empty in the table.
 * ``<tables>/<model>.csv.gz`` (gzip with mtime 0, deterministic): one row per image x setting x evaluated
   method, columns :data:`COLUMNS`.
 * ``<timings>/attack-<model>.json``: wall time, peak RSS (``ru_maxrss``), per-setting seconds.
@@ -120,24 +121,26 @@ __all__ = ["main", "run", "check_params", "resolve_settings", "load_model", "par
 COLUMNS = ["model", "setting", "attacked_method", "kind", "epsilon", "image", "label", "evaluated_method",
            *METRIC_COLUMNS, "score", "target_distance", "clean_target_distance", "linf", "attacked", "label_kept",
            "clean_conf", "adv_conf", "restart", "member", "beta", "accepted_steps", "rejected_steps", "stalled",
-           "zero_directions"]
+           "stalled_runs", "zero_directions"]
 _DTYPES = {"model": "str", "setting": "str", "attacked_method": "str", "kind": "str", "epsilon": "float64",
            "image": "int64", "label": "int64", "evaluated_method": "str",
            **{c: "float64" for c in METRIC_COLUMNS}, "score": "float64", "target_distance": "float64",
            "clean_target_distance": "float64", "linf": "float64", "attacked": "bool", "label_kept": "bool",
            "clean_conf": "float64", "adv_conf": "float64", "restart": "Int64", "member": "Int64",
            "beta": "float64", "accepted_steps": "Int64", "rejected_steps": "Int64", "stalled": "boolean",
-           "zero_directions": "Int64"}
+           "stalled_runs": "Int64", "zero_directions": "Int64"}
 
 #: built-in values of ``attacks.defaults`` (params override each)
 DEFAULTS = {"epsilons": [0.1], "step_size": 0.01, "steps": 100, "k": 100, "restarts": 1,
             "convention": "grad_times_input", "on_reject": "revert", "surrogates": [10.0], "direction": {},
             "map_weight": 1.0, "output_weight": 1.0}
-#: keys a setting may have besides those of :data:`DEFAULTS`
+#: keys passed to :func:`smoothgeo.attacks.attack` only where params set them (and only if it takes them)
+OPTIONAL = ("stall_window",)
+#: keys a setting may have besides those of :data:`DEFAULTS` and :data:`OPTIONAL`
 SETTING_KEYS = ("method", "kind", "models", "method_options", "evaluated_methods", "epsilon")
 SECTION_KEYS = ("n_images", "batch_size", "evaluated_methods", "defaults", "settings")
 _DIAGNOSTICS = ("attacked", "label_kept", "score", "kendall", "restart", "rejected_steps", "zero_directions",
-                "linf", "accepted_steps", "stalled")
+                "linf", "accepted_steps", "stalled", "stalled_runs")
 _NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
 _FORMAT = 1
 
@@ -206,10 +209,14 @@ def _check_common(key: str, cfg: dict) -> None:
                        "a non-empty list of softplus betas > 0 or null (the model's own gradient)"),
         "map_weight": (lambda v: _is_num(v) and v >= 0, "a number >= 0"),
         "output_weight": (lambda v: _is_num(v) and v >= 0, "a number >= 0"),
+        "stall_window": (lambda v: _is_int(v) and 1 <= v <= 30, "an integer in [1, 30]"),
     }
     for name, (ok, allowed) in checks.items():
         if name in cfg and not ok(cfg[name]):
             _fail(f"{key}.{name}", cfg[name], allowed)
+    for name in OPTIONAL:
+        if name in cfg and name not in inspect.signature(attacks_mod.attack).parameters:
+            _fail(f"{key}.{name}", cfg[name], "nothing: the installed smoothgeo.attacks.attack has no such option")
 
 
 def check_params(params: dict) -> dict:
@@ -235,8 +242,8 @@ def check_params(params: dict) -> dict:
     if not isinstance(defaults, dict):
         _fail("attacks.defaults", defaults, "a mapping with keys " + ", ".join(["epsilon", *DEFAULTS]))
     for key in defaults:
-        if key not in DEFAULTS and key != "epsilon":
-            _fail(f"attacks.defaults.{key}", defaults[key], "keys " + ", ".join(["epsilon", *DEFAULTS]))
+        if key not in DEFAULTS and key not in OPTIONAL and key != "epsilon":
+            _fail(f"attacks.defaults.{key}", defaults[key], "keys " + ", ".join(["epsilon", *DEFAULTS, *OPTIONAL]))
     _check_common("attacks.defaults", defaults)
     direction = defaults.get("direction") or {}
     if not isinstance(direction, dict) or any(m not in METHODS for m in direction):
@@ -252,7 +259,7 @@ def check_params(params: dict) -> dict:
     settings = section.get("settings")
     if not isinstance(settings, dict) or not settings:
         _fail("attacks.settings", settings, "a non-empty mapping of setting name -> {method, kind, ...}")
-    allowed_keys = [*SETTING_KEYS, *DEFAULTS]
+    allowed_keys = [*SETTING_KEYS, *DEFAULTS, *OPTIONAL]
     ids: set[str] = set()
     for name, entry in settings.items():
         key = f"attacks.settings.{name}"
@@ -315,6 +322,7 @@ def resolve_settings(params: dict, model: str, *, smooth: bool = False) -> list[
             continue
         method, kind = entry["method"], entry["kind"]
         cfg = {k: entry.get(k, defaults[k]) for k in DEFAULTS if k not in ("epsilons", "direction")}
+        cfg["extra"] = {k: entry.get(k, defaults.get(k)) for k in OPTIONAL if k in entry or k in defaults}
         surrogates = list(dict.fromkeys(cfg["surrogates"]))
         if smooth or kind == "random":
             surrogates = [None]
@@ -379,7 +387,7 @@ def _attack(model, x, y, setting: dict, *, seed: int, target_map, batch_size) ->
                   direction_options=setting["direction_options"], target_map=target_map,
                   convention=setting["convention"], map_weight=setting["map_weight"],
                   output_weight=setting["output_weight"], on_reject=setting["on_reject"],
-                  batch_size=batch_size, progress=False)
+                  batch_size=batch_size, progress=False, **setting["extra"])
     surrogates = setting["surrogates"]
     base_seed = derive_seed(seed, "attack", setting["id"])
     n = x.shape[0]
@@ -483,6 +491,7 @@ def _run_setting(model, x, y, setting: dict, *, model_name: str, seed: int, batc
             "restart": col("restart", "Int64"), "member": col("member", "Int64"),
             "beta": record["beta"].double().numpy(), "accepted_steps": col("accepted_steps", "Int64"),
             "rejected_steps": col("rejected_steps", "Int64"), "stalled": col("stalled", "boolean"),
+            "stalled_runs": col("stalled_runs", "Int64"),
             "zero_directions": col("zero_directions", "Int64")}))
     order = {m: i for i, m in enumerate(setting["evaluated_methods"])}
     frame = pd.concat(frames, ignore_index=True)
