@@ -71,8 +71,9 @@ def test_outputs_load_and_have_one_row_per_image_setting_and_method(stage):
     records = torch.load(d / "records" / "natural-s0.pt", weights_only=True)
     ids = ["SM-topk-eps0.05", "SM-topk-eps0.1", "IG-random-eps0.1", "SM-targeted-eps0.1"]
     assert list(records) == ids  # SM-mass applies to ssr* only
-    table = pd.read_csv(d / "tables" / "natural-s0.csv.gz")
+    table = st.load_table(d / "tables" / "natural-s0.csv.gz")
     assert list(table.columns) == st.COLUMNS
+    pd.testing.assert_frame_equal(table, st._read_csv_text(st._csv_text(table)), check_exact=True)
     assert len(table) == N * len(ids) * 3
     assert (table.groupby(["setting", "image"]).size() == 3).all()
     assert list(table.evaluated_method[:3]) == ["SM", "IG", "SG"]

@@ -106,7 +106,7 @@ from torch import Tensor, nn
 
 from . import attacks as attacks_mod
 from . import experiments
-from .attacks import CONVENTIONS, KINDS, RANDOM_METHODS, derive_seed, eval_mode
+from .attacks import CONVENTIONS, KINDS, derive_seed, eval_mode
 from .attributions import METHODS
 from .checkpoints import CheckpointError, load_checkpoint
 from .evaluation import METRIC_COLUMNS, compare_maps, compute_maps
@@ -116,6 +116,7 @@ from .models import softplus_copy
 from .targets import pick_targets, target_distance, target_maps
 
 __all__ = ["main", "run", "check_params", "resolve_settings", "load_model", "parse_model_name", "load_records",
+           "load_table",
            "COLUMNS", "DEFAULTS", "SETTING_KEYS"]
 
 COLUMNS = ["model", "setting", "attacked_method", "kind", "epsilon", "image", "label", "evaluated_method",
@@ -560,6 +561,11 @@ def _summary_line(setting: dict, record: dict, frame: pd.DataFrame) -> str:
         measure = f"{setting['method']} top-k {own.topk.mean():.3f} kendall {own.kendall.mean():.3f}"
     stalled = f", stalled {int(record['stalled'][att].sum())}" if "stalled" in record else ""
     return f"{int(att.sum())}/{len(att)} attacked, {measure}{stalled}"
+
+
+def load_table(path) -> pd.DataFrame:
+    """Read ``results/attacks/<model>.csv.gz`` with the stage's dtypes (nullable ints / bools where unknown)."""
+    return _frame(pd.read_csv(Path(path), dtype={"model": str, "setting": str}))
 
 
 # ------------------------------------------------------------------------------------------------------ run
