@@ -37,7 +37,7 @@ from scipy import stats as _st
 __all__ = [
     "BootResult", "hierarchical_bootstrap", "paired_difference", "paired_frame", "holm", "bootstrap_p",
     "percentile_ci", "partial_spearman", "within_spearman", "relative_transfer", "relative_transfer_difference",
-    "frontier_difference", "matched_accuracy", "matched_cost", "seed_image_matrix",
+    "frontier_difference", "matched_accuracy", "matched_cost", "seed_image_matrix", "bound_summary",
 ]
 
 
@@ -507,3 +507,21 @@ def matched_cost(points: pd.DataFrame, family_a: str, family_b: str, *, rng: np.
     """Robustness of family a minus family b at matched training cost (log-cost interpolation)."""
     kwargs.setdefault("log_x", True)
     return frontier_difference(points, family_a, family_b, rng=rng, x=cost, y=robustness, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------- bound test (RQ2)
+
+def bound_summary(frame: pd.DataFrame, *, rng: np.random.Generator, predicted: str = "predicted_grad_change",
+                  realised: str = "grad_change", within: str = "within_bound", n_boot: int = 1000,
+                  n_perm: int = 1000, seed_col: str = "seed", image_col: str = "image") -> dict[str, BootResult]:
+    """Summarise :func:`smoothgeo.geometry.bound_test` rows (one per attacked image, seeds as ``seed_col``).
+
+    Returns ``{"coverage": share of images whose realised change is within L * ||delta|| (hierarchical
+    bootstrap interval; its p-value tests coverage = 0 and is not meaningful), "rank": within-model Spearman of
+    predicted vs realised change (does a larger L * ||delta|| go with a larger realised change?)}``.
+    """
+    rng = _check_rng(rng)
+    return {"coverage": hierarchical_bootstrap(frame, within, rng=rng, n_boot=n_boot, seed_col=seed_col,
+                                               image_col=image_col),
+            "rank": within_spearman(frame, predicted, realised, rng=rng, n_boot=n_boot, n_perm=n_perm,
+                                    seed_col=seed_col, image_col=image_col)}
