@@ -126,3 +126,88 @@ def test_bound_summary_rank_and_coverage():
     out = stats.bound_summary(frame, rng=np.random.default_rng(1), n_boot=200, n_perm=200)
     assert out["coverage"].estimate == pytest.approx(frame.within_bound.mean())
     assert out["rank"].estimate > 0.9 and out["rank"].p_value < 0.01
+
+
+# ------------------------------------------------------------------------------------------------ the stage
+
+import gzip  # noqa: E402
+import json  # noqa: E402
+
+import yaml  # noqa: E402
+
+from smoothgeo import experiments, measure_stage  # noqa: E402
+from smoothgeo.checkpoints import save_checkpoint  # noqa: E402
+from smoothgeo.models import build_model  # noqa: E402
+
+SMALL = {"n_images": 4, "batch_size": 3, "lipschitz": {"epsilon": 0.05, "samples": 2, "steps": 1, "seed": 7},
+         "bound_setting": "SM-topk-0.1"}
+
+
+@pytest.fixture
+def stage(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    model = build_model("fashion_cnn", num_classes=10)
+    save_checkpoint(tmp_path / "ckpt" / "natural-s0.pt", model, arch="fashion_cnn", num_classes=10)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand((4, 1, 28, 28), generator=g)
+    y = model.eval()(x).argmax(1)
+    y[3] = (y[3] + 1) % 10                                    # one misclassified image
+    monkeypatch.setattr(experiments, "eval_images", lambda data, n, *, seed, device, root=None: (x[:n], y[:n]))
+    x_adv = (x[[0, 2]] + 0.05 * torch.sign(torch.randn((2, 1, 28, 28), generator=g))).clamp(0, 1)
+    (tmp_path / "att").mkdir()
+    torch.save({"SM-topk-0.1": {"x_adv": x_adv, "image": torch.tensor([0, 2])}}, tmp_path / "att" / "natural-s0.pt")
+
+    def run(measures=SMALL, model="natural-s0"):
+        params = tmp_path / "params.yaml"
+        params.write_text(yaml.safe_dump({"seed": 0, "device": "cpu", "data": {"dataset": "fashion_mnist",
+                                                                               "root": "data/raw"},
+                                          "measures": measures}))
+        return measure_stage.main(["--params", str(params), "--model", model, "--checkpoints", str(tmp_path / "ckpt"),
+                                   "--attacks", str(tmp_path / "att"), "--out", str(tmp_path / "out"),
+                                   "--timings", str(tmp_path / "tim")])
+    return run, tmp_path
+
+
+def test_stage_writes_deterministic_measures_and_timings(stage):
+    run, tmp = stage
+    assert run() == 0
+    path = tmp / "out" / "natural-s0.csv.gz"
+    first = path.read_bytes()
+    frame = pd.read_csv(path)
+    assert list(frame.image) == [0, 1, 2, 3] and frame.correct.tolist() == [True, True, True, False]
+    for col in ("lambda_max", "relative_curvature", "lambda_max_fixed_scale", "lipschitz_random",
+                "lipschitz_adversarial_map", "clean_conf", "logit_margin", "grad_loss_norm"):
+        assert frame[col].notna().all(), col
+    assert (frame.lipschitz_adversarial >= frame.lipschitz_random - 1e-6).all()
+    assert frame.bound_grad_change.notna().tolist() == [True, False, True, False]
+    assert (frame.bound_linf.dropna() <= 0.05 + 1e-6).all()
+    assert set(frame.bound_setting) == {"SM-topk-0.1"}
+    timing = json.loads((tmp / "tim" / "measure-natural-s0.json").read_text())
+    assert timing["peak_rss_mib"] > 0 and timing["wall_seconds"] > 0 and timing["bound_test"]
+    assert run() == 0
+    assert path.read_bytes() == first                          # identical bytes on a re-run
+    with gzip.open(path, "rt") as fh:
+        assert fh.readline().startswith("model,image,label")
+
+
+def test_stage_softplus_copy_and_missing_record(stage):
+    run, tmp = stage
+    with pytest.warns(UserWarning, match="does not exist"):
+        assert run(model="natural-s0+softplus3") == 0
+    frame = pd.read_csv(tmp / "out" / "natural-s0+softplus3.csv.gz")
+    assert "bound_grad_change" not in frame.columns and frame.lambda_max.notna().all()
+
+
+@pytest.mark.parametrize("measures, message", [
+    ({"n_image": 3}, "unknown key"),
+    ({"n_images": 0}, "n_images"),
+    ({"lipschitz": {"epsilon": -1}}, "lipschitz.epsilon"),
+    ({"hessian_method": "fast"}, "hessian_method"),
+    ({**SMALL, "bound_setting": "nope"}, "has no setting 'nope'"),
+    ({**SMALL, "n_images": 2}, "n_images"),
+])
+def test_stage_errors_are_one_line(stage, capsys, measures, message):
+    run, _ = stage
+    assert run(measures) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
