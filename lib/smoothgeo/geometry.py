@@ -355,3 +355,226 @@ def gradient_lipschitz(model: nn.Module, x: Tensor, y=None, *, epsilon: float, s
                                 epsilon=epsilon, steps=steps, step_size=step_size)
                for s in range(0, x.shape[0], chunk)]
     return torch.cat(out)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Scale-invariant geometry, Lipschitz estimates on independent neighbours, and the bound test (issue 9.5).
+#
+# Multiplying every logit by t > 0 (a "temperature", e.g. shrinking the last layer) leaves the prediction, the
+# normalised attribution maps and so every robustness metric unchanged, but multiplies the logit gradient by t
+# and changes lambda_max of the CE Hessian through both J (by t^2) and p = softmax(t f). So a model can lower
+# lambda_max and the raw gradient-Lipschitz ratio just by shrinking its logits (issue 9: ssr_s100's confidence
+# 0.25). The measures below are invariant to that scale; each docstring says why.
+
+__all__ += ["logit_geometry", "lipschitz_measures", "bound_test"]
+
+
+def _top2(logits: Tensor) -> tuple[Tensor, Tensor]:
+    top = logits.topk(2, dim=1).indices
+    return top[:, 0], top[:, 1]
+
+
+def logit_geometry(model: nn.Module, x: Tensor, y=None, *, lambda_max: Tensor | None = None,
+                   logit_scale: float = 5.0, chunk_size: int | None = None) -> dict[str, Tensor]:
+    """Per-image logit statistics, gradient norms and curvature measures, raw and scale-invariant.
+
+    With ``f`` the logits, ``c`` the prediction, ``r`` the runner-up, ``J`` the C x d logit Jacobian,
+    ``p = softmax(f)``, ``P = I - 11^T / C`` (centring) and ``g_c = grad f_c`` (the saliency map):
+
+    Raw (change with the logit scale t): ``clean_conf`` p_c (changes through p), ``logit_margin`` f_c - f_r
+    (x t), ``logit_norm`` ||f||, ``grad_logit_norm`` ||g_c|| (x t), ``grad_loss_norm`` ||grad_x CE(x, y)||
+    = ||J^T (p - e_y)||, and, given ``lambda_max``, ``lambda_max_over_grad_logit2`` = lambda_max / ||g_c||^2 and
+    ``lambda_max_over_grad_loss2`` = lambda_max / ||grad CE||^2. These two ratios remove the t^2 of J but *not*
+    the dependence on p = softmax(t f), so they are normalised, not invariant (tested).
+
+    Scale-invariant (unchanged under f -> t f for every t > 0, and under adding one function to every logit):
+
+    * ``relative_curvature`` = lambda_max(J^T P J) / ||g_c - g_r||^2. The numerator is the largest variance
+      direction of the class gradients (the p-free envelope of the CE Hessian ``J^T (diag p - pp^T) J``: its
+      value at uniform p, times C); the denominator is the squared slope of the decision margin. Both scale by
+      t^2; P and the margin remove any common function. Large = the class gradients disagree strongly
+      compared with the slope that decides the class.
+    * ``lambda_max_fixed_scale`` = lambda_max of the CE input Hessian of the per-image rescaled logits
+      ``f~ = f * s / ||P f||`` with ``s = logit_scale`` (temperature held constant in x):
+      ``(s / ||P f||)^2 lambda_max(J^T (diag p~ - p~ p~^T) J)``, ``p~ = softmax(f~)``. Under f -> t f, f~ is
+      unchanged and the t^2 of J cancels the 1/t^2 of the factor: the paper's quantity at a common logit scale.
+
+    Args:
+        x: (N, ...) inputs; y: labels for the loss gradient (None: the prediction).
+        lambda_max: (N,) precomputed lambda_max (e.g. :func:`hessian_max_eig`) for the two ratios.
+        logit_scale: s above (centred logit norm at which ``lambda_max_fixed_scale`` is taken).
+    Returns:
+        dict of (N,) tensors (float64 for the curvature measures), plus ``prediction`` (long).
+    """
+    if logit_scale <= 0:
+        raise ValueError(f"logit_scale must be > 0, got {logit_scale}")
+    chunk = x.shape[0] if chunk_size is None else max(1, int(chunk_size))
+    parts: list[dict[str, Tensor]] = []
+    with evaluating(model):
+        y = resolve_target(model, x, y)
+        for s in range(0, x.shape[0], chunk):
+            logits, jac = logit_jacobian(model, x[s:s + chunk])
+            logits, jac = logits.detach().double(), jac.detach().flatten(2).double()
+            parts.append(_logit_geometry_chunk(logits, jac, y[s:s + chunk], logit_scale))
+    out = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    if lambda_max is not None:
+        lam = lambda_max.detach().double().to(out["grad_logit_norm"].device)
+        out["lambda_max_over_grad_logit2"] = lam / out["grad_logit_norm"].pow(2).clamp_min(1e-30)
+        out["lambda_max_over_grad_loss2"] = lam / out["grad_loss_norm"].pow(2).clamp_min(1e-30)
+    return out
+
+
+def _logit_geometry_chunk(logits: Tensor, jac: Tensor, y: Tensor, logit_scale: float) -> dict[str, Tensor]:
+    n, C = logits.shape
+    c, r = _top2(logits)
+    rows = torch.arange(n, device=logits.device)
+    p = logits.softmax(1)
+    g_c, g_r = jac[rows, c], jac[rows, r]
+    onehot = F.one_hot(y, C).double()
+    grad_loss = (jac.transpose(1, 2) @ (p - onehot).unsqueeze(2)).squeeze(2)
+    centre = torch.eye(C, dtype=jac.dtype, device=jac.device) - 1.0 / C
+    gram = jac @ jac.transpose(1, 2)                                    # J J^T (N, C, C)
+    spread = torch.linalg.eigvalsh(centre @ gram @ centre)[:, -1].clamp_min(0)
+    margin_grad2 = (g_c - g_r).pow(2).sum(1)
+    centred = logits - logits.mean(1, keepdim=True)
+    cnorm = centred.norm(dim=1).clamp_min(1e-30)
+    factor = logit_scale / cnorm
+    lam_fixed = factor.pow(2) * ce_hessian_lambda_max(logits * factor.unsqueeze(1), jac)
+    return {
+        "prediction": c,
+        "clean_conf": p[rows, c],
+        "logit_margin": logits[rows, c] - logits[rows, r],
+        "logit_norm": logits.norm(dim=1),
+        "grad_logit_norm": g_c.norm(dim=1),
+        "grad_loss_norm": grad_loss.norm(dim=1),
+        "margin_grad_norm": margin_grad2.sqrt(),
+        "relative_curvature": torch.where(margin_grad2 > 0, spread / margin_grad2.clamp_min(1e-30),
+                                          torch.full_like(spread, float("nan"))),
+        "lambda_max_fixed_scale": lam_fixed.double(),
+    }
+
+
+def _sm_map(g: Tensor, x: Tensor, convention: str) -> Tensor:
+    from .attributions import map_of
+    return map_of("SM", g, x, convention=convention)
+
+
+def _three_ratios(model, x, g0, m0, xn, target, convention) -> tuple[Tensor, Tensor, Tensor]:
+    gn = saliency(model, xn, target).detach()
+    dx = (xn - x).flatten(1).norm(dim=1)
+    dg = (gn - g0).flatten(1).norm(dim=1)
+    dm = (_sm_map(gn, xn, convention) - m0).flatten(1).norm(dim=1)
+    g0n = g0.flatten(1).norm(dim=1)
+    ok = dx > 0
+    zero = torch.zeros_like(dx)
+    raw = torch.where(ok, dg / dx.clamp_min(1e-30), zero)
+    rel = torch.where(ok & (g0n > 0), raw / g0n.clamp_min(1e-30), zero)
+    return raw, rel, torch.where(ok, dm / dx.clamp_min(1e-30), zero)
+
+
+def lipschitz_measures(model: nn.Module, x: Tensor, y=None, *, epsilon: float, samples: int = 8,
+                       neighbours: str = "random", steps: int = 10, step_size: float | None = None,
+                       beta: float = 10.0, seed: int, convention: str = "grad_times_input",
+                       chunk_size: int | None = None) -> dict[str, Tensor]:
+    """Lipschitz ratios of the gradient, of the gradient relative to its norm, and of the normalised map.
+
+    Over neighbours ``x'`` in ``B_inf(x, epsilon) ∩ [0,1]`` drawn from their *own* seed (independent of any
+    attack), per image, each maximised separately over the same neighbours:
+
+    * ``gradient``: ``max ||g(x') - g(x)|| / ||x' - x||`` with ``g = grad f_c`` (as :func:`gradient_lipschitz`);
+      scales with the logits (x t).
+    * ``relative_gradient``: the same divided by ``||g(x)||``: invariant to the logit scale t (both scale by t).
+    * ``map``: ``max ||m(x') - m(x)|| / ||x' - x||`` with ``m`` the normalised 2-D SM map of ``convention``
+      (the map every metric uses; it sums to H*W, so the logit scale cancels exactly).
+
+    ``neighbours="random"``: ``samples`` uniform points in the ball; ``"adversarial"``: each followed by
+    ``steps`` signed-gradient steps maximising ``||grad g_c(x') - grad g_c(x)||^2`` on the Softplus(``beta``)
+    copy of a ReLU model (the model itself otherwise), every iterate measured on ``model``.
+
+    Returns:
+        dict ``{"gradient", "relative_gradient", "map"}`` of (N,) tensors.
+    """
+    if neighbours not in ("random", "adversarial"):
+        raise ValueError(f"unknown neighbours {neighbours!r}; choose 'random' or 'adversarial'")
+    if epsilon <= 0 or samples < 1 or steps < 0:
+        raise ValueError(f"need epsilon > 0, samples >= 1, steps >= 0; got epsilon={epsilon}, samples={samples}, "
+                         f"steps={steps}")
+    if x.dim() != 4:
+        raise ValueError(f"lipschitz_measures needs images (N, C, H, W) for the map, got shape {tuple(x.shape)}")
+    step_size = epsilon / 4 if step_size is None else step_size
+    generator = torch.Generator(device=x.device).manual_seed(int(seed))
+    x = x.detach()
+    noise = (2 * torch.rand((samples, *x.shape), generator=generator, device=x.device, dtype=x.dtype) - 1) * epsilon
+    chunk = x.shape[0] if chunk_size is None else max(1, int(chunk_size))
+    out = {"gradient": [], "relative_gradient": [], "map": []}
+    with evaluating(model):
+        target = resolve_target(model, x, y)
+        surrogate = None
+        if neighbours == "adversarial" and steps > 0:
+            has_relu = any(isinstance(m, nn.ReLU) for m in model.modules())
+            surrogate = softplus_copy(model, beta).eval() if has_relu else model
+        for s in range(0, x.shape[0], chunk):
+            xs, ts, ns = x[s:s + chunk], target[s:s + chunk], noise[:, s:s + chunk]
+            k, n = ns.shape[:2]
+            rep = lambda t: t.repeat(k, *([1] * (t.dim() - 1)))  # noqa: E731  (sample-major rows)
+            g0 = saliency(model, xs, ts).detach()
+            xr, g0r, tr = rep(xs), rep(g0), ts.repeat(k)
+            m0r = _sm_map(g0r, xr, convention)
+            xn = (xr + ns.reshape(xr.shape)).clamp(0, 1)
+            best = list(_three_ratios(model, xr, g0r, m0r, xn, tr, convention))
+            if surrogate is not None:
+                gs0 = saliency(surrogate, xr, tr).detach()
+                for _ in range(steps):
+                    xn = xn.detach().requires_grad_(True)
+                    gs = saliency(surrogate, xn, tr, create_graph=True)
+                    objective = (gs - gs0).pow(2).sum()
+                    if not objective.requires_grad:
+                        break
+                    direction = torch.autograd.grad(objective, xn, allow_unused=True)[0]
+                    if direction is None:
+                        break
+                    xn = torch.min(torch.max(xn.detach() + step_size * direction.sign(), xr - epsilon), xr + epsilon)
+                    xn = xn.clamp(0, 1)
+                    best = [torch.maximum(b, r) for b, r in zip(best, _three_ratios(model, xr, g0r, m0r, xn, tr,
+                                                                                      convention))]
+            for key, b in zip(out, best):
+                out[key].append(b.view(k, n).amax(0))
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def bound_test(model: nn.Module, x: Tensor, x_adv: Tensor, lipschitz: Tensor, y=None, *,
+               map_lipschitz: Tensor | None = None, convention: str = "grad_times_input") -> dict[str, Tensor]:
+    """The realised change of the gradient and of the map under a perturbation against its prediction.
+
+    For clean ``x``, perturbed ``x_adv`` (e.g. an attribution attack's output) and a per-image gradient-Lipschitz
+    estimate ``lipschitz`` made on *independent* neighbours (:func:`lipschitz_measures`, its own seed: not the
+    attack's iterates, so the test is not circular), with ``g = grad f_c`` at the clean prediction ``c``:
+
+    * ``delta_norm`` ||x_adv - x||_2; ``grad_change`` ||g(x_adv) - g(x)||; ``predicted_grad_change``
+      L * ||x_adv - x||; ``within_bound`` grad_change <= predicted (1.0 / 0.0);
+    * ``relative_grad_change`` grad_change / ||g(x)|| (logit-scale invariant);
+    * ``map_change`` ||m(x_adv) - m(x)||_2 of the normalised SM map (what the metrics see); with
+      ``map_lipschitz``: ``predicted_map_change`` = L_map * ||delta|| and ``map_within_bound``.
+
+    Coverage and how well the prediction *ranks* the realised change across images
+    (:func:`smoothgeo.stats.within_spearman`) are then computed by :func:`smoothgeo.stats.bound_summary`.
+    Returns:
+        dict of (N,) tensors.
+    """
+    if x.shape != x_adv.shape:
+        raise ValueError(f"x {tuple(x.shape)} and x_adv {tuple(x_adv.shape)} differ in shape; pass matching images")
+    with evaluating(model):
+        target = resolve_target(model, x, y)
+        g0 = saliency(model, x, target).detach()
+        g1 = saliency(model, x_adv, target).detach()
+    delta = (x_adv - x).flatten(1).norm(dim=1)
+    dg = (g1 - g0).flatten(1).norm(dim=1)
+    pred = lipschitz.to(delta) * delta
+    out = {"delta_norm": delta, "grad_change": dg, "predicted_grad_change": pred,
+           "within_bound": (dg <= pred * (1 + 1e-6)).to(delta.dtype),
+           "relative_grad_change": dg / g0.flatten(1).norm(dim=1).clamp_min(1e-30),
+           "map_change": (_sm_map(g1, x_adv, convention) - _sm_map(g0, x, convention)).flatten(1).norm(dim=1)}
+    if map_lipschitz is not None:
+        out["predicted_map_change"] = map_lipschitz.to(delta) * delta
+        out["map_within_bound"] = (out["map_change"] <= out["predicted_map_change"] * (1 + 1e-6)).to(delta.dtype)
+    return out
