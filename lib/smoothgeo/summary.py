@@ -1,141 +1,234 @@
-"""The claims table (RQ1-RQ4): the paper's claims beside what this run measured, computed from results/.
+"""The claims stage and the run's report.
 
-``python -m smoothgeo.summary --results results --out results/SUMMARY.md`` (the pipeline's last stage) writes
-the claims table and the main tables; ``--readme README.md`` also copies them (with the figures) into the
-README between its ``<!-- results:start -->`` and ``<!-- results:end -->`` markers. Verdicts follow fixed
-rules stated in the table, so they are computed, never typed.
+``python -m smoothgeo.summary claims --params params.yaml`` (a pipeline stage, after the attack and measure
+stages) computes every claim of the paper that this repository tests, once, from the tidy tables
+(:mod:`smoothgeo.claims`, :mod:`smoothgeo.analysis`), and writes
+
+* ``results/claims.csv``: one row per claim (rq, claim, metric, effect, ci_low, ci_high, p_value, p_adjusted,
+  n_images, n_seeds, rule, verdict), Holm-adjusted across rows, verdicts by the fixed rule of
+  :data:`smoothgeo.claims.VERDICT_RULE`;
+* ``results/claims/``: the tables the claims rest on (trade-off points of every family, relative transfer per
+  model), which the notebooks plot;
+* ``results/metrics.json``: headline numbers for ``dvc metrics show`` / ``dvc metrics diff``.
+
+The list of claims (:func:`claim_rows`) is fixed here, in code, before any result is seen; the parameters only
+say which models form the comparisons. ``python -m smoothgeo.summary report [--readme README.md]`` writes
+``results/SUMMARY.md`` (claims in plain words, the main tables and figures, the stage timings) and fills the
+README's ``<!-- results:start -->`` ... ``<!-- results:end -->`` block from the same text.
 """
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from .io import atomic_write_text
+from . import analysis, claims
+from .io import atomic_write_text, load_params
+from .results import load_attacks, load_measures, model_table
 
-__all__ = ["claims", "report_text", "update_readme", "main"]
-
-
-def _read(results: Path, rel: str) -> pd.DataFrame:
-    path = results / rel
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: run the stage that writes it (`dvc repro`)")
-    return pd.read_csv(path)
+__all__ = ["claim_rows", "run_claims", "report_text", "update_readme", "main"]
 
 
-def _verdict(ok: bool, partly: bool = False) -> str:
-    return "reproduces" if ok else ("partly" if partly else "does not reproduce")
+def _setting(attacks: pd.DataFrame, name: str, eps: float) -> str:
+    sid = f"{name}-eps{eps:g}"
+    if sid not in set(attacks.setting):
+        raise KeyError(f"attack setting {sid!r} is missing from results/attacks; it is configured in params.yaml "
+                       f"`attacks.settings` ({name}) and written by the attack stage")
+    return sid
 
 
-def claims(results: Path) -> pd.DataFrame:
-    """One row per claim: research question, claim, measurement, rule, verdict."""
+def _group(models: list[str]) -> str:
+    """The group name of a list of seeds of one model, e.g. ``ssr10`` for ``[ssr10-s0, ssr10-s1]``."""
+    groups = {claims.parse_model(m)[0] for m in models}
+    if len(groups) != 1:
+        raise ValueError(f"comparison group {models} mixes {sorted(groups)}; list the seeds of one model")
+    return groups.pop()
+
+
+def claim_rows(params: dict, models: pd.DataFrame, attacks: pd.DataFrame, measures: pd.DataFrame, *,
+               rng: np.random.Generator, n_boot: int = 2000) -> tuple[list[dict], dict[str, pd.DataFrame]]:
+    """Every claim row (before Holm) and the supporting tables. The list is fixed in advance (see module doc)."""
+    cmp = params["comparisons"]
+    defaults = params["attacks"]["defaults"]
+    eps = float(defaults["epsilons"][0] if "epsilons" in defaults else defaults["epsilon"])
+    central = cmp["central"]
+    base = _group(central["natural"])
+    head = _setting(attacks, "SM-topk", eps)
+    rows: list[dict] = []
+    support: dict[str, pd.DataFrame] = {}
+    kw = dict(rng=rng, n_boot=n_boot)
+
+    # RQ4: robust training against natural training on the same budget (central comparison, paired)
+    for group_models in [central[k] for k in central if k != "natural"]:
+        g = _group(group_models)
+        rows.append(claims.robustness_gain(attacks, recipe=g, baseline=base, where={"setting": head}, **kw,
+                                           claim=f"{g} training makes SM more robust to the top-k attack than "
+                                                 f"natural training"))
+        rows.append(claims.robustness_gain(attacks, recipe=g, baseline=base, metric="kendall",
+                                           where={"setting": head}, **kw,
+                                           claim=f"{g} training keeps SM's pixel ranking (Kendall) under attack"))
+        for name, metric, method, what in [("SM-mass_center", "mass_center", "SM", "the centre-of-mass attack"),
+                                           ("SM-targeted", "target_distance", "SM", "the targeted attack"),
+                                           ("IG-topk", "topk", "IG", "the top-k attack on IG")]:
+            rows.append(claims.robustness_gain(attacks, recipe=g, baseline=base, metric=metric, method=method,
+                                               where={"setting": _setting(attacks, name, eps)}, **kw,
+                                               claim=f"{g} training makes {method} more robust to {what}"))
+    ft = cmp.get("finetune") or {}
+    if ft.get("ig_norm") and ft.get("natural"):
+        rows.append(claims.robustness_gain(attacks, recipe=_group(ft["ig_norm"]), baseline=_group(ft["natural"]),
+                                           where={"setting": head}, **kw,
+                                           claim="IG-NORM fine-tuning makes SM more robust than natural "
+                                                 "fine-tuning of the same model for the same batches"))
+
+    # RQ4: trade-off curves; SSR against the other families at matched accuracy and at matched cost
+    points = analysis.frontier_points(attacks, models, families=cmp["families"], baseline=central["natural"],
+                                      setting=head, metric="topk", rng=rng, n_boot=n_boot // 2)
+    support["frontier_points"] = points
+    pts = points.rename(columns={"robustness": "topk", "robustness_low": "topk_low",
+                                 "robustness_high": "topk_high"})
+    for other in [f for f in cmp["families"] if f != "ssr"]:
+        for x in ("accuracy", "cost"):
+            try:
+                row, _ = claims.frontier_comparison(pts, "ssr", other, x=x, **kw,
+                                                    claim=f"SSR is more robust than {other} at matched "
+                                                          f"{'clean accuracy' if x == 'accuracy' else 'training cost'}")
+                rows.append(row)
+            except ValueError as exc:           # no overlap: reported, not dropped
+                print(f"claims: SSR vs {other} at matched {x} not computable: {exc}", file=sys.stderr)
+
+    # RQ4: stochastic smoothing against SM on the natural models, one matched attack budget, four metrics
+    for variant in ("SG", "UG"):
+        for kind, metric in [("topk", "topk"), ("topk", "kendall"), ("mass_center", "mass_center"),
+                             ("targeted", "target_distance")]:
+            pair = [_setting(attacks, f"SM-{kind}-b10", eps), _setting(attacks, f"{variant}-{kind}-b10", eps)]
+            rows.append(claims.smoothing_gain(attacks, variant=variant, family=base, metric=metric,
+                                              where={"setting": pair}, **kw,
+                                              claim=f"{variant} is more robust than SM under the {kind} attack"))
+
+    # RQ1 / RQ2: geometry against robustness, within models (per image) and across models (controlling accuracy)
+    acc = analysis.with_accuracy(models, measures)[["model", "test_accuracy"]].rename(
+        columns={"test_accuracy": "clean_accuracy"})
+    per_model = claims.model_table(measures, attacks, where={"setting": head, "attacked_method": "SM",
+                                                            "evaluated_method": "SM"}, accuracy=acc,
+                                   geometry=("lambda_max", "relative_curvature", "lambda_max_fixed_scale",
+                                             "lipschitz_adversarial", "lipschitz_adversarial_map"))
+    support["geometry_per_model"] = per_model
+    for geo in ("lambda_max", "relative_curvature"):
+        rows.append(claims.curvature_within(measures, attacks, family=base, geometry=geo,
+                                            where={"setting": head, "attacked_method": "SM",
+                                                   "evaluated_method": "SM"}, rng=rng, n_boot=n_boot // 2))
+    for geo, rq in [("lambda_max", "RQ1"), ("lambda_max_fixed_scale", "RQ1"), ("lipschitz_adversarial", "RQ2"),
+                    ("lipschitz_adversarial_map", "RQ2")]:
+        rows.append(claims.curvature_across(per_model, geometry=geo, rq=rq, **kw))
+    if "bound_grad_change" in measures.columns:
+        rows.append(claims.bound_predictiveness(measures, family=base, target="map", rng=rng,
+                                                n_boot=n_boot // 2))
+        rows.append(claims.bound_coverage(measures, family=base, rng=rng, n_boot=n_boot // 2))
+
+    # RQ3: relative transfer between methods, smoother models against natural
+    tsets = [_setting(attacks, f"{m}-topk-b10", eps) for m in ("SM", "IG", "SG", "UG")]
+    transfer_models = cmp["transfer"]
+    tr = attacks[attacks.setting.isin(tsets) & attacks.model.isin(transfer_models)]
+    support["relative_transfer"] = claims.relative_transfer_table(tr, rng=rng, n_boot=n_boot)
+    for group in sorted({claims.parse_model(m)[0] for m in transfer_models} - {base}):
+        rows.append(claims.transfer_difference(tr, smooth=group, baseline=base, where={"setting": tsets}, **kw))
+    return rows, support
+
+
+def _metrics(table: pd.DataFrame, models: pd.DataFrame, attacks: pd.DataFrame, head: str) -> dict:
+    own = analysis.own_rows(attacks, head)
+    own = own[own.attacked.astype(bool)]
+    return {
+        "accuracy": {r.model: r.test_accuracy for r in models.itertuples() if pd.notna(r.test_accuracy)},
+        "sm_topk_under_attack": own.groupby("model").topk.mean().to_dict(),
+        "claims": {f"{r.rq} {r.claim} [{r.metric}]": {"effect": r.effect, "ci_low": r.ci_low,
+                                                       "ci_high": r.ci_high, "verdict": r.verdict}
+                   for r in table.itertuples()},
+    }
+
+
+def run_claims(params: dict, results: str | Path = "results", *, n_boot: int = 2000) -> pd.DataFrame:
+    """Compute and write the claims table, its supporting tables and the DVC metrics; return the table."""
+    from .report import save_metrics, save_table
+
     results = Path(results)
-    rows = []
-    rt = _read(results, "robust_training/robust_training.csv").set_index("model")
-    summ = _read(results, "robust_training/attack_summary.csv")
-    corr = _read(results, "geometry/geometry_correlation.csv")
-    bound = _read(results, "geometry/lipschitz_bound_check.csv")
-    smooth = _read(results, "smoothing/smoothing.csv")
-    gaps = _read(results, "transfer/transfer_gap.csv").set_index("model")
-
-    lam = corr[(corr.geometry == "lambda_max_mean") & (corr.robustness == "SM_topk")].iloc[0]
-    lip = corr[(corr.geometry == "lipschitz_adversarial") & (corr.robustness == "SM_topk")].iloc[0]
-    rows.append({"RQ": "RQ1", "claim": "Smaller input-Hessian lambda_max goes with more robust gradient attributions",
-                 "measured": f"Spearman(lambda_max, SM top-k) = {lam.spearman:.2f} over {int(lam.models)} models",
-                 "rule": "rho <= -0.5 reproduces; rho < 0 partly",
-                 "verdict": _verdict(lam.spearman <= -0.5, lam.spearman < 0)})
-    rows.append({"RQ": "RQ2", "claim": "A smaller gradient-Lipschitz constant gives more stable attributions",
-                 "measured": f"Spearman(adversarial Lipschitz estimate, SM top-k) = {lip.spearman:.2f}",
-                 "rule": "rho <= -0.5 reproduces; rho < 0 partly",
-                 "verdict": _verdict(lip.spearman <= -0.5, lip.spearman < 0)})
-    within = bound.within_bound.mean()
-    rows.append({"RQ": "RQ2", "claim": "Attribution change stays under L * ||delta||",
-                 "measured": f"{within:.1%} of attacked images within the bound (mean over {len(bound)} models)",
-                 "rule": ">= 95% reproduces; >= 50% partly",
-                 "verdict": _verdict(within >= 0.95, within >= 0.5)})
-
-    sm = summ[(summ.attacked_method == "SM") & (summ.kind == "topk")].set_index("model")
-    nat = sm.loc["natural"]
-    ssr_models = [m for m in sm.index if m.startswith("ssr")]
-    if ssr_models:
-        best = max(ssr_models, key=lambda m: sm.loc[m, "topk_mean"])
-        diff = sm.loc[best, "topk_mean"] - nat.topk_mean
-        se = (sm.loc[best, "topk_sem"] ** 2 + nat.topk_sem ** 2) ** 0.5
-        acc_drop = rt.loc["natural", "clean_accuracy"] - rt.loc[best, "clean_accuracy"]
-        rows.append({"RQ": "RQ4", "claim": "SSR makes SM more robust to the top-k attack than natural training",
-                     "measured": f"SM top-k {nat.topk_mean:.3f} (natural) -> {sm.loc[best, 'topk_mean']:.3f} ({best}), "
-                                 f"accuracy -{acc_drop:.1%}",
-                     "rule": "gain > 2 SE reproduces; gain > 0 partly",
-                     "verdict": _verdict(diff > 2 * se, diff > 0)})
-    for model in [m for m in sm.index if m in ("madry", "ig_norm") or "softplus" in m]:
-        diff = sm.loc[model, "topk_mean"] - nat.topk_mean
-        se = (sm.loc[model, "topk_sem"] ** 2 + nat.topk_sem ** 2) ** 0.5
-        rows.append({"RQ": "RQ4", "claim": f"{model} makes SM more robust than natural training (baseline)",
-                     "measured": f"SM top-k {nat.topk_mean:.3f} -> {sm.loc[model, 'topk_mean']:.3f}",
-                     "rule": "gain > 2 SE reproduces; gain > 0 partly",
-                     "verdict": _verdict(diff > 2 * se, diff > 0)})
-
-    topk = smooth[smooth.kind == "topk"]
-    eps = sorted(topk.epsilon.unique())[len(topk.epsilon.unique()) // 2]
-    at = topk[topk.epsilon == eps].set_index("variant")
-    if "SM" in at.index:
-        for variant in [v for v in at.index if v != "SM"]:
-            diff = at.loc[variant, "topk_mean"] - at.loc["SM", "topk_mean"]
-            se = (at.loc[variant, "topk_sem"] ** 2 + at.loc["SM", "topk_sem"] ** 2) ** 0.5
-            rows.append({"RQ": "RQ4", "claim": f"{variant} is more robust than SM under the top-k attack",
-                         "measured": f"top-k at eps {eps:g}: SM {at.loc['SM', 'topk_mean']:.3f}, "
-                                     f"{variant} {at.loc[variant, 'topk_mean']:.3f}",
-                         "rule": "gain > 2 SE reproduces; gain > 0 partly",
-                         "verdict": _verdict(diff > 2 * se, diff > 0)})
-
-    if "natural" in gaps.index:
-        for model in [m for m in gaps.index if m != "natural"]:
-            g_nat, g_m = gaps.loc["natural", "off_diagonal_topk"], gaps.loc[model, "off_diagonal_topk"]
-            rows.append({"RQ": "RQ3", "claim": f"Attacks transfer less between methods on the smoother {model} model",
-                         "measured": f"mean off-diagonal top-k {g_nat:.3f} (natural) vs {g_m:.3f} ({model})",
-                         "rule": "higher off-diagonal top-k than natural reproduces",
-                         "verdict": _verdict(g_m > g_nat)})
-    return pd.DataFrame(rows)
+    models = model_table(params, results)
+    measures = load_measures(results, models.model)
+    models = analysis.with_accuracy(models, measures)
+    attacks = load_attacks(results, models.model)
+    rng = np.random.default_rng(params.get("seed", 0))
+    rows, support = claim_rows(params, models, attacks, measures, rng=rng, n_boot=n_boot)
+    table = claims.claims_table(rows)
+    claims.write_claims(table, results / "claims.csv")
+    folder = results / "claims"
+    for name, frame in support.items():
+        save_table(frame, folder, name)
+    defaults = params["attacks"]["defaults"]
+    eps = float(defaults["epsilons"][0] if "epsilons" in defaults else defaults["epsilon"])
+    save_metrics(results / "metrics.json", _metrics(table, models, attacks, f"SM-topk-eps{eps:g}"))
+    return table
 
 
-_SECTIONS = [  # (title, table file, figure file) under results/
-    ("Robust training (RQ2, RQ4): top-k attack at the default epsilon, random-sign floor beside it",
-     "robust_training/robust_training.md", "robust_training/topk_by_recipe.png"),
-    ("Stochastic smoothing (RQ4): SM vs SG vs UG on the natural model", "smoothing/smoothing.md",
+# ------------------------------------------------------------------------------------------------------ report
+_SECTIONS = [  # (title, table, figure) relative to results/
+    ("Accuracy-robustness trade-off (RQ4): every family, every strength", "claims/frontier_points.md",
+     "robust_training/frontier.png"),
+    ("Robustness per model under the ensemble attack (RQ2, RQ4)", "robust_training/robust_training.md", None),
+    ("Robustness against epsilon, central comparison", None, "robust_training/topk_vs_epsilon.png"),
+    ("Attack diagnostics", "robust_training/attack_diagnostics_headline.md", None),
+    ("Stochastic smoothing (RQ4): SM vs SG vs UG on the natural models", "smoothing/smoothing.md",
      "smoothing/metric_vs_epsilon.png"),
-    ("Noise floor of each method (two independent clean evaluations)", "smoothing/noise_floor.md", None),
-    ("Transfer between methods (RQ3): mean top-k on / off the diagonal", "transfer/transfer_gap.md",
+    ("Relative transfer between attribution methods (RQ3)", "claims/relative_transfer.md",
      "transfer/transfer_heatmaps.png"),
-    ("Geometry vs robustness (RQ1, RQ2)", "geometry/geometry.md", "geometry/geometry_vs_robustness.png"),
-    ("Rank correlation across models", "geometry/geometry_correlation.md", None),
-    ("Gradient change on the attack's perturbations against L * ||delta||", "geometry/lipschitz_bound_check.md",
-     None),
-    ("Qualitative: clean and attacked maps, natural vs SSR", None, "qualitative/maps_natural_vs_ssr.png"),
+    ("Geometry per model (RQ1, RQ2)", "claims/geometry_per_model.md", "geometry/geometry_vs_robustness.png"),
+    ("Qualitative: clean and attacked maps", None, "qualitative/maps_by_model.png"),
     ("2-D toy: decision surfaces with SM / IG / SG arrows", "toy_2d/toy_accuracy.md", "toy_2d/decision_surfaces.png"),
 ]
+_LONG = {"robust_training/robust_training.md", "smoothing/smoothing.md", "robust_training/attack_diagnostics_headline.md"}
 
 
-_LONG = {"smoothing/smoothing.md"}  # linked from the README rather than copied in full
+def _claims_markdown(table: pd.DataFrame) -> str:
+    show = table.assign(**{"95% CI": [f"[{lo:+.3f}, {hi:+.3f}]" for lo, hi in zip(table.ci_low, table.ci_high)]})
+    show = show[["rq", "claim", "metric", "effect", "95% CI", "p_adjusted", "n_images", "n_seeds", "verdict"]]
+    return show.to_markdown(index=False, floatfmt=".3g")
+
+
+def _timings_markdown(results: Path) -> str:
+    from .timed import timing_table
+
+    frame = timing_table(results / "timings")
+    if frame.empty:
+        return ""
+    return frame[["stage", "wall_seconds", "wall_minutes", "peak_rss_mib"]].to_markdown(index=False,
+                                                                                          floatfmt=".1f")
 
 
 def report_text(results: Path, *, link_prefix: str = "", short: bool = False) -> str:
-    """Markdown: the claims table, then every section's table (and figure link) that exists.
-
-    ``short`` links the long tables instead of copying them (the README)."""
+    """Markdown: the claims table, every section's table (and figure link) that exists, the stage timings."""
     results = Path(results)
-    parts = ["### Claims (RQ1-RQ4)\n", "Verdicts follow the rule in their row (`smoothgeo.summary`).\n",
-             claims(results).to_markdown(index=False), ""]
-    for title, table, figure in _SECTIONS:
-        if (table and not (results / table).exists()) or (figure and not (results / figure).exists()):
+    table = pd.read_csv(results / "claims.csv")
+    parts = ["### Claims (RQ1-RQ4)\n",
+             f"Effects are oriented so that positive = the paper's direction; 95% bootstrap intervals over training "
+             f"seeds and images; p adjusted by Holm across the {len(table)} rows. Verdict rule: "
+             f"{claims.VERDICT_RULE}. Rules and plain words: [claims.csv]({link_prefix}claims.csv).\n",
+             _claims_markdown(table), ""]
+    for title, tab, figure in _SECTIONS:
+        if (tab and not (results / tab).exists()) or (figure and not (results / figure).exists()):
             continue
         parts.append(f"### {title}\n")
-        if table and short and table in _LONG:
-            parts += [f"Full table: [{table}]({link_prefix}{table})", ""]
-        elif table:
-            parts += [(results / table).read_text().rstrip(), ""]
+        if tab and short and tab in _LONG:
+            parts += [f"Full table: [{tab}]({link_prefix}{tab})", ""]
+        elif tab:
+            parts += [(results / tab).read_text().rstrip(), ""]
         if figure:
             parts += [f"![{title}]({link_prefix}{figure})", ""]
+    timings = _timings_markdown(results)
+    if timings:
+        parts += ["### Stage timings of this run (wall time, peak resident memory)\n",
+                  "Written by `smoothgeo.timed` around every stage (`results/timings/`).\n", timings, ""]
     return "\n".join(parts) + "\n"
 
 
@@ -151,20 +244,34 @@ def update_readme(readme: Path, text: str) -> None:
     atomic_write_text(readme, f"{head}{start}\n{text}{end}{tail}")
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--results", default="results")
-    parser.add_argument("--out", default="results/SUMMARY.md")
-    parser.add_argument("--readme", default=None, help="also fill this README's results block")
+    sub = parser.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("claims", help="compute results/claims.csv, results/claims/ and results/metrics.json")
+    c.add_argument("--params", default="params.yaml")
+    c.add_argument("--results", default="results")
+    c.add_argument("--n-boot", type=int, default=2000)
+    r = sub.add_parser("report", help="write results/SUMMARY.md (and the README's results block)")
+    r.add_argument("--results", default="results")
+    r.add_argument("--readme", default=None)
     args = parser.parse_args(argv)
-    results = Path(args.results)
-    text = ("# Results of this run\n\nGenerated by `python -m smoothgeo.summary` from the tables in `results/`.\n\n"
-            + report_text(results))
-    atomic_write_text(args.out, text)
-    if args.readme:
-        update_readme(Path(args.readme), "## Results of the default run\n\n" + report_text(results, link_prefix="results/", short=True))
-    print(text)
+    try:
+        if args.command == "claims":
+            table = run_claims(load_params(args.params), args.results, n_boot=args.n_boot)
+            print(table[["rq", "claim", "metric", "effect", "ci_low", "ci_high", "verdict"]].to_string())
+            return 0
+        results = Path(args.results)
+        text = ("# Results of this run\n\nGenerated by `python -m smoothgeo.summary report` from `results/`.\n\n"
+                + report_text(results))
+        atomic_write_text(results / "SUMMARY.md", text)
+        if args.readme:
+            update_readme(Path(args.readme), "## Results of the default run\n\n"
+                          + report_text(results, link_prefix="results/", short=True))
+        return 0
+    except (FileNotFoundError, KeyError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
