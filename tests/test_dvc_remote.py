@@ -111,3 +111,68 @@ def test_fresh_clone_pulls_checkpoints_and_reproduces_nothing(tmp_path):
           f"{with_remote} object(s) in the remote):")
     for name, seconds in timings.items():
         print(f"  {name:<42s} {seconds:6.2f} s")
+
+
+METRICS_PLOTS_YAML = """\
+stages: {}
+metrics:
+  - results/metrics.json
+plots:
+  - results/plots/robustness_vs_epsilon.csv:
+      title: "Attributional robustness vs epsilon (worst case over the attack ensemble)"
+      template: linear
+      x: epsilon
+      y: [natural, ssr, madry]
+  - accuracy-robustness frontier:
+      template: scatter
+      x: clean_accuracy
+      y:
+        results/plots/frontier_ssr.csv: topk
+        results/plots/frontier_madry.csv: topk
+        results/plots/frontier_weight_decay.csv: topk
+  - results/plots/geometry_vs_robustness.csv:
+      template: scatter
+      x: lambda_max_relative
+      y: topk
+  - results/figures/frontier.png
+"""
+
+
+def test_metrics_and_plots_in_the_proposed_form_render(tmp_path):
+    """The files the pipeline should write (smoothgeo.report.save_metrics / save_plot_data) and the dvc.yaml
+    entries proposed for them: `dvc metrics show` and `dvc plots show --json` both return data."""
+    import pandas as pd
+
+    from smoothgeo.report import save_metrics, save_plot_data
+
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    sh(DVC, "init", "-q", "--no-scm", cwd=tmp_path, env=env)
+    (tmp_path / "dvc.yaml").write_text(METRICS_PLOTS_YAML)
+    save_metrics(tmp_path / "results" / "metrics.json", {
+        "accuracy": {"natural": 0.8985, "ssr": 0.86, "madry": 0.84},
+        "robustness": {"natural": {"SM_topk": 0.31, "IG_topk": 0.42}, "ssr": {"SM_topk": 0.36, "IG_topk": 0.45}},
+        "claims": {"RQ4-ssr-vs-natural": {"effect": 0.05, "ci_low": 0.02, "ci_high": 0.08, "p_adjusted": 0.01}},
+    })
+    plots = tmp_path / "results" / "plots"
+    save_plot_data(pd.DataFrame({"epsilon": [0.05, 0.1, 0.2], "natural": [0.5, 0.31, 0.2],
+                                 "ssr": [0.55, 0.36, 0.25], "madry": [0.6, 0.4, 0.3]}),
+                   plots / "robustness_vs_epsilon.csv")
+    for family, acc in {"ssr": [0.89, 0.86, 0.8], "madry": [0.88, 0.84, 0.8], "weight_decay": [0.9, 0.89, 0.88]}.items():
+        save_plot_data(pd.DataFrame({"model": [f"{family}{i}" for i in range(3)], "clean_accuracy": acc,
+                                     "topk": [0.3, 0.35, 0.4]}), plots / f"frontier_{family}.csv")
+    save_plot_data(pd.DataFrame({"model": ["natural", "ssr"], "lambda_max_relative": [1.2, 0.4],
+                                 "topk": [0.31, 0.36]}), plots / "geometry_vs_robustness.csv")
+    (tmp_path / "results" / "figures").mkdir()
+    (tmp_path / "results" / "figures" / "frontier.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+
+    metrics = sh(DVC, "metrics", "show", "--json", cwd=tmp_path, env=env)
+    flat = json.dumps(json.loads(metrics.stdout))
+    assert "0.8985" in flat and "RQ4-ssr-vs-natural" in flat
+    shown = sh(DVC, "metrics", "show", cwd=tmp_path, env=env).stdout
+    assert "accuracy.natural" in shown and "claims.RQ4-ssr-vs-natural.effect" in shown
+    rendered = json.loads(sh(DVC, "plots", "show", "--json", cwd=tmp_path, env=env).stdout)
+    assert not rendered.get("errors"), rendered.get("errors")
+    data = rendered.get("data", rendered)
+    names = " ".join(data)
+    for name in ("robustness_vs_epsilon", "accuracy-robustness frontier", "geometry_vs_robustness", "frontier.png"):
+        assert name in names, names

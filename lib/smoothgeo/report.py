@@ -16,7 +16,7 @@ import pandas as pd
 from .io import atomic_path, atomic_write_csv, atomic_write_text, load_params
 
 __all__ = ["repo_root", "results_dir", "save_table", "save_figure", "notebook_params", "pick_device",
-           "display_path", "scrub_paths", "find_machine_paths"]
+           "display_path", "scrub_paths", "find_machine_paths", "save_metrics", "save_plot_data"]
 
 
 def repo_root(start: str | os.PathLike | None = None) -> Path:
@@ -72,6 +72,31 @@ def save_figure(fig, folder: Path, name: str, *, dpi: int = 120) -> None:
     with atomic_path(folder / f"{name}.pdf") as tmp:
         fig.savefig(tmp, format="pdf", bbox_inches="tight",
                     metadata={"Creator": None, "Producer": None, "CreationDate": None})
+
+
+def _round(value, digits: int):
+    if isinstance(value, dict):
+        return {str(k): _round(v, digits) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_round(v, digits) for v in value]
+    if hasattr(value, "item"):  # numpy / torch scalars
+        value = value.item()
+    if isinstance(value, float):
+        return None if value != value else round(value, digits)
+    return value
+
+
+def save_metrics(path, metrics: dict, *, digits: int = 4) -> None:
+    """Write DVC metrics: nested JSON (``dvc metrics show`` flattens it to ``accuracy.natural-s0`` etc.), floats
+    rounded to ``digits`` so that `dvc metrics diff` shows real changes, NaN as null, keys in the given order."""
+    import json
+
+    atomic_write_text(Path(path), json.dumps(_round(metrics, digits), indent=2) + "\n")
+
+
+def save_plot_data(frame: pd.DataFrame, path, *, digits: int = 6) -> None:
+    """Write one DVC plot's data as CSV (one row per point; columns named as in dvc.yaml's ``x``/``y``)."""
+    atomic_write_csv(Path(path), frame.round(digits), index=False)
 
 
 # --- paths in printed output ---------------------------------------------------------------------------------
