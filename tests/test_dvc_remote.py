@@ -106,6 +106,16 @@ def test_fresh_clone_pulls_checkpoints_and_reproduces_nothing(tmp_path):
     diff = json.loads(sh(DVC, "metrics", "diff", "--json", cwd=clone, env=env).stdout)
     assert diff["results/metrics.json"]["accuracy"]["new"] == 0.8
 
+    # an experiment with one parameter set on the command line, as the README shows: `dvc exp run -S ...`
+    sh(GIT, "checkout", "params.yaml", cwd=clone, env=env)
+    timed("exp run -S train.accuracy=0.7 (clone B)", DVC, "exp", "run", "-n", "acc07", "-S", "train.accuracy=0.7",
+          cwd=clone)
+    assert log.read_text().count("\n") == 3
+    shown = sh(DVC, "exp", "show", "--csv", cwd=clone, env=env).stdout
+    assert "acc07" in shown and "0.7" in shown, shown
+    # the workspace now holds the experiment (params and results); the committed run is one `git checkout` away
+    assert json.loads((clone / "results" / "metrics.json").read_text())["accuracy"] == 0.7
+
     with_remote = sum(1 for p in remote.rglob("*") if p.is_file())
     print("\nDVC remote round trip (1 MiB checkpoint, local-folder remote, "
           f"{with_remote} object(s) in the remote):")
