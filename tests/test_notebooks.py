@@ -311,3 +311,29 @@ def test_smoke_dvc_metrics_and_plots_are_not_empty():
     assert plots.returncode == 0, plots.stderr
     data = json.loads(plots.stdout or "{}")
     assert data and not data.get("errors"), plots.stdout[:2000]
+
+
+def test_repository_refers_to_no_file_outside_it():
+    """Readers of a clone have only the repository: no pointer to the team's notes outside it."""
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True).stdout.split()
+    bad = {}
+    for name in files:
+        path = REPO / name
+        if name == "tests/test_notebooks.py" or not path.is_file() or not snb._is_text(path) and path.suffix not in (
+                ".py", ".sh", ".toml", ".cfg", ".txt", ""):
+            continue
+        text = path.read_text(errors="replace")
+        hits = [s for s in ("../shared", "PAPER.md", "STYLE.md") if s in text]
+        if hits:
+            bad[name] = hits
+    assert not bad, f"files pointing outside the repository: {bad}"
+
+
+def test_committed_outputs_hold_no_machine_paths():
+    """results/** as committed (tables, JSON records, executed notebooks): no absolute path of any machine."""
+    if not (REPO / "results").is_dir():
+        pytest.skip("no results yet")
+    found = snb.check_paths([REPO / "results"], root=REPO)
+    assert not found, {display_path(p, REPO): v for p, v in found.items()}

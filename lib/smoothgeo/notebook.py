@@ -31,7 +31,7 @@ import sys
 from pathlib import Path
 
 from .progress import set_mode as progress  # noqa: F401 - `smoothgeo.notebook.progress("quiet")`
-from .report import find_machine_paths, repo_root, scrub_paths
+from .report import display_path, find_machine_paths, repo_root, scrub_paths
 
 __all__ = ["declared_sections", "select_params", "parameters_source", "sync", "check", "run", "postprocess",
            "check_paths", "stderr_lines", "image_outputs", "progress", "main"]
@@ -337,7 +337,7 @@ def main(argv=None) -> int:
         params = args.params or repo_root() / "params.yaml"
         if args.command == "sync":
             for path in sync(args.notebooks, params=params):
-                print(f"rewrote the parameters cell of {path}")
+                print(f"rewrote the parameters cell of {display_path(path)}")
             return 0
         problems = check(args.notebooks, params=params)
         for path, diff in problems.items():
@@ -351,7 +351,7 @@ def main(argv=None) -> int:
         return 0
     found = check_paths(args.paths)
     for path, hits in found.items():
-        print(f"{path}: {', '.join(hits)}")
+        print(f"{display_path(path)}: {', '.join(hits)}")
     if found:
         print(f"{len(found)} file(s) contain absolute paths of this machine: print paths with "
               "smoothgeo.report.display_path, or run notebooks with `python -m smoothgeo.notebook run`")
