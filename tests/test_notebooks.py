@@ -339,3 +339,44 @@ def test_committed_outputs_hold_no_machine_paths():
         pytest.skip("no results yet")
     found = snb.check_paths([REPO / "results"], root=REPO)
     assert not found, {display_path(p, REPO): v for p, v in found.items()}
+
+
+def _covered(name: str, params: set[str]) -> bool:
+    head = name.split(".")[0]
+    return name in params or head in params
+
+
+def test_notebook_stages_depend_on_the_sections_their_notebooks_declare():
+    """DVC re-runs a notebook stage when a section it uses changes only if the stage lists that section."""
+    import re
+
+    import yaml
+
+    stages = (yaml.safe_load((REPO / "dvc.yaml").read_text()) or {}).get("stages", {})
+    checked, problems = 0, {}
+    for stage_name, stage in stages.items():
+        if not isinstance(stage, dict) or "cmd" not in stage:
+            continue
+        cmd = " ".join(stage["cmd"]) if isinstance(stage["cmd"], list) else str(stage["cmd"])
+        match = re.search(r"notebooks/(\w+)\.ipynb", cmd)
+        if not match:
+            continue
+        nb = nbformat.read(str(REPO / "notebooks" / f"{match.group(1)}.ipynb"), 4)
+        try:
+            sections = snb.declared_sections(nb)
+        except ValueError:
+            continue  # reported by test_committed_parameters_cells_match_params_yaml
+        listed: set[str] = set()
+        for entry in stage.get("params", []):
+            if isinstance(entry, dict):
+                for keys in entry.values():
+                    listed.update(keys or [])
+            else:
+                listed.add(str(entry))
+        missing = [s for s in sections if not _covered(s, listed)]
+        checked += 1
+        if missing:
+            problems[stage_name] = missing
+    if not checked:
+        pytest.skip("no notebook stage with a declared sections line yet")
+    assert not problems, f"dvc.yaml stages missing params their notebooks declare: {problems}"
