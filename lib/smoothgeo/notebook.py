@@ -146,18 +146,26 @@ def _expected(nb, params: dict) -> tuple[str, str]:
 
 
 def sync(notebooks=(), *, params="params.yaml") -> list[Path]:
-    """Rewrite the parameters cell of each notebook from ``params``; returns the notebooks that changed."""
+    """Rewrite the parameters cell of each notebook from ``params``; returns the notebooks that changed.
+    Raises ``ValueError`` naming every notebook that declares no sections or an unknown one (the others are
+    synced all the same)."""
     import nbformat
 
     values = _load_params(params)
-    changed = []
+    changed, errors = [], []
     for path in _notebooks(notebooks):
         nb = _read(path)
-        current, wanted = _expected(nb, values)
+        try:
+            current, wanted = _expected(nb, values)
+        except (ValueError, KeyError) as exc:
+            errors.append(f"{display_path(path)}: {exc}")
+            continue
         if current != wanted:
             parameters_cell(nb).source = wanted
             nbformat.write(nb, str(path))
             changed.append(path)
+    if errors:
+        raise ValueError("not synced:\n" + "\n".join(errors))
     return changed
 
 
@@ -169,11 +177,12 @@ def check(notebooks=(), *, params="params.yaml") -> dict[Path, str]:
         try:
             current, wanted = _expected(_read(path), values)
         except (ValueError, KeyError) as exc:
-            problems[path] = f"{exc}\n"
+            problems[path] = f"{display_path(path)}: {exc}\n"
             continue
         if current != wanted:
             diff = difflib.unified_diff(current.splitlines(True), wanted.splitlines(True),
-                                        f"{path} (parameters cell)", f"{params} (declared sections)")
+                                        f"{display_path(path)} (parameters cell)",
+                                        f"{display_path(params)} (declared sections)")
             problems[path] = "".join(line if line.endswith("\n") else line + "\n" for line in diff)
     return problems
 
@@ -336,14 +345,20 @@ def main(argv=None) -> int:
     if args.command in ("sync", "check"):
         params = args.params or repo_root() / "params.yaml"
         if args.command == "sync":
-            for path in sync(args.notebooks, params=params):
+            try:
+                changed = sync(args.notebooks, params=params)
+            except ValueError as exc:
+                print(exc, file=sys.stderr)
+                return 1
+            for path in changed:
                 print(f"rewrote the parameters cell of {display_path(path)}")
             return 0
         problems = check(args.notebooks, params=params)
         for path, diff in problems.items():
             sys.stdout.write(diff)
         if problems:
-            print(f"{len(problems)} notebook(s) differ from {params}: run `python -m smoothgeo.notebook sync`")
+            print(f"{len(problems)} notebook(s) differ from {display_path(params)}: run "
+                  "`python -m smoothgeo.notebook sync`")
             return 1
         return 0
     if args.command == "run":
