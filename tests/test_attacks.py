@@ -121,13 +121,39 @@ def test_restarts_keep_lowest_kendall(trained):
     assert set(three.restart.tolist()) <= {0, 1, 2}
 
 
-@pytest.mark.parametrize("on_reject", ["revert", "continue"])
+@pytest.mark.parametrize("on_reject", ["backtrack", "revert", "continue"])
 def test_label_changing_steps_are_rejected(trained, on_reject):
     model, x, y = trained
     result = attack(model, x, y, method="SM", kind="topk", epsilon=1.0, step_size=0.25, steps=8, k=10,
                     on_reject=on_reject)
     assert int(result.rejected_steps.sum()) > 0  # the big budget does flip labels ...
     _invariants(result, x, y, model, 1.0)        # ... yet no returned image has a changed label
+    a = result.attacked
+    assert torch.equal(result.accepted_steps[a] + result.rejected_steps[a], torch.full_like(result.restart[a], 8))
+    assert int(result.accepted_steps[~a].sum() + result.rejected_steps[~a].sum()) == 0
+
+
+def test_backtrack_does_not_stall_where_revert_does(trained):
+    """SM is deterministic: after a rejection "revert" proposes the same step again and again (a stall);
+    "backtrack" halves that image's step and moves on."""
+    model, x, y = trained
+    kw = dict(method="SM", kind="topk", epsilon=0.3, step_size=0.05, steps=12, k=10, stall_window=5)
+    revert = attack(model, x, y, on_reject="revert", **kw)
+    back = attack(model, x, y, on_reject="backtrack", **kw)
+    assert int(revert.stalled.sum()) >= 2  # the case is real ...
+    stuck = revert.stalled
+    assert not bool(back.stalled.any())  # ... and backtracking escapes it
+    assert bool((back.accepted_steps[stuck] > revert.accepted_steps[stuck]).all())
+    assert bool((back.stalled_runs == 0).all()) and torch.equal(revert.stalled_runs, revert.stalled.long())
+    _invariants(back, x, y, model, 0.3)
+
+
+def test_backtrack_equals_fixed_step_without_rejections(trained):
+    model, x, y = trained
+    kw = dict(method="SM", kind="topk", epsilon=0.1, step_size=0.01, steps=6, k=10, restarts=2)
+    back, revert = attack(model, x, y, on_reject="backtrack", **kw), attack(model, x, y, on_reject="revert", **kw)
+    assert int(back.rejected_steps.sum()) == 0
+    assert torch.equal(back.x_adv, revert.x_adv) and torch.equal(back.score, revert.score)
 
 
 def test_model_mode_restored(trained):
@@ -158,6 +184,8 @@ def test_batch_size_and_no_surrogate_warning(trained):
     ({"method": "LRP"}, r"unknown attribution method 'LRP'"),
     ({"kind": "blur"}, r"unknown attack kind 'blur'"),
     ({"restarts": 0}, r"restarts must be an integer >= 1"),
+    ({"on_reject": "ignore"}, r"on_reject must be one of \['backtrack', 'revert', 'continue'\]"),
+    ({"stall_window": 0}, r"stall_window must be an integer in \[1, 30\]"),
     ({"beta": 0.0}, r"beta .* must be > 0"),
     ({"convention": "raw"}, r"unknown map convention"),
     ({"kind": "targeted"}, r"needs target_map"),

@@ -27,10 +27,24 @@ Design choices (see :func:`attack` for the arguments):
   everywhere); the label check, the clean map and every score use the original ``model``. ``beta=None`` uses
   the model itself (for already smooth models).
 * A proposal whose prediction on the original model differs from ``y`` is rejected: it is never returned, and
-  with ``on_reject="revert"`` (default) the image's iterate goes back to its last accepted point. Deterministic
-  methods (SM, IG) then propose the same step again, so a rejected image effectively stops there; random ones
-  (SG, UG) draw new noise and may move on. ``on_reject="continue"`` keeps walking from the rejected point, as
-  Ghorbani et al.'s reference code does (still never returning it).
+  ``on_reject`` says what the image does next:
+
+  - ``"backtrack"`` (default): the image stays at its last accepted iterate and its own step size is halved for
+    its next proposal, down to a floor of ``step_size / 2**stall_window``; each accepted proposal doubles it
+    again, up to ``step_size``. Since the label is kept at the accepted iterate, a small enough step is
+    accepted, so the attack cannot get stuck on one rejected step. With no rejection the run is exactly the
+    plain fixed-step loop.
+  - ``"revert"``: the image goes back to its last accepted iterate with the same step size. Deterministic
+    methods (SM, IG) then propose the same step again, so a rejected image *stalls* there for good; random
+    ones (SG, UG) draw new noise and may move on. (The behaviour before ``"backtrack"`` existed.)
+  - ``"continue"``: keep walking from the rejected point, as Ghorbani et al.'s reference code does (still never
+    returning it).
+
+  ``kind="random"`` draws every proposal around ``x`` itself, so ``on_reject`` does not change its proposals.
+* A run (one restart) *ended stalled* for an image when its last ``stall_window`` proposals were all rejected.
+  Under ``"revert"`` with SM/IG that is the first rejection repeated; under ``"backtrack"`` it means even a step
+  of ``step_size / 2**(stall_window - 1)`` changes the label (the image sits on the decision boundary).
+  ``AttackResult.stalled`` reports it for the run that produced ``x_adv``, ``stalled_runs`` counts all runs.
 * Only correctly classified images (``model(x).argmax(1) == y``) are attacked; the others come back unchanged
   with ``attacked=False`` and NaN scores.
 * Restart 0 starts at ``x``; later restarts start at ``x + U[-eps, eps]^d`` (itself a proposal that must keep
@@ -66,7 +80,7 @@ __all__ = ["attack", "AttackResult", "KINDS", "LOSSES", "SCORES", "CONVENTIONS",
 KINDS = ("topk", "mass_center", "targeted", "random")
 CONVENTIONS = ("grad_times_input", "abs")
 RANDOM_METHODS = frozenset({"SG", "UG"})
-ON_REJECT = ("revert", "continue")
+ON_REJECT = ("backtrack", "revert", "continue")
 
 
 def derive_seed(seed: int, *keys) -> int:
@@ -103,7 +117,12 @@ class AttackResult:
         kendall: (N,) Kendall tau between the clean map and the map at ``x_adv`` (original model), NaN where
             not attacked.
         restart: (N,) long, the restart that produced ``x_adv``.
+        accepted_steps: (N,) long, proposals accepted (label kept), over all restarts; a random start counts as a
+            proposal.
         rejected_steps: (N,) long, proposals rejected for changing the label, over all restarts.
+        stalled: (N,) bool, the run that produced ``x_adv`` ended stalled: its last ``stall_window`` proposals
+            were all rejected (see the module docstring); False where not attacked.
+        stalled_runs: (N,) long, runs (restarts) that ended stalled.
         zero_directions: (N,) long, steps whose attack direction was exactly zero (a random sign step was taken).
         linf: (N,) L-inf size of ``x_adv - x``.
         kind, method, epsilon: the attack's settings.
@@ -115,7 +134,10 @@ class AttackResult:
     score: Tensor
     kendall: Tensor
     restart: Tensor
+    accepted_steps: Tensor
     rejected_steps: Tensor
+    stalled: Tensor
+    stalled_runs: Tensor
     zero_directions: Tensor
     linf: Tensor
     kind: str
@@ -192,7 +214,7 @@ def check_images(x: Tensor, y=None, *, name: str = "x") -> Tensor | None:
 
 
 def _check_settings(*, method, kind, epsilon, step_size, steps, k, beta, restarts, convention, on_reject,
-                    n_pixels, batch_size):
+                    n_pixels, batch_size, stall_window):
     if method not in METHODS:
         raise ValueError(f"unknown attribution method {method!r}; method must be one of {sorted(METHODS)}")
     if kind not in KINDS:
@@ -213,6 +235,8 @@ def _check_settings(*, method, kind, epsilon, step_size, steps, k, beta, restart
         raise ValueError(f"unknown map convention {convention!r}; convention must be one of {list(CONVENTIONS)}")
     if on_reject not in ON_REJECT:
         raise ValueError(f"on_reject must be one of {list(ON_REJECT)}, got {on_reject!r}")
+    if int(stall_window) != stall_window or not 1 <= stall_window <= 30:
+        raise ValueError(f"stall_window must be an integer in [1, 30], got {stall_window}")
     if batch_size is not None and (int(batch_size) != batch_size or batch_size < 1):
         raise ValueError(f"batch_size must be an integer >= 1 or None (all images at once), got {batch_size}")
 
@@ -263,8 +287,9 @@ def _random_sign(shape, generator, device, dtype) -> Tensor:
 
 
 def _attack_batch(model, surrogate, x, y, *, kind, method, options, direction_options, epsilon, step_size, steps,
-                  k, restarts, seed, target_map, convention, map_weight, output_weight, on_reject, bar):
-    """Attack a batch of correctly classified images; returns (x_adv, score, kendall, restart, rejected, zero)."""
+                  k, restarts, seed, target_map, convention, map_weight, output_weight, on_reject, stall_window,
+                  bar):
+    """Attack a batch of correctly classified images; returns a dict of per-image tensors (see the loop's end)."""
     n, dev, dt = x.shape[0], x.device, x.dtype
     eval_seed = derive_seed(seed, "select")
     g_direction = make_generator(dev, derive_seed(seed, "direction"))   # surrogate SG/UG noise
@@ -289,16 +314,22 @@ def _attack_batch(model, surrogate, x, y, *, kind, method, options, direction_op
     out_x, out_score = x.clone(), clean_score.clone()
     out_kendall = torch.full((n,), float("nan"), device=dev, dtype=dt)
     out_restart = torch.zeros(n, dtype=torch.long, device=dev)
+    accepted = torch.zeros(n, dtype=torch.long, device=dev)
     rejected = torch.zeros(n, dtype=torch.long, device=dev)
     zero = torch.zeros(n, dtype=torch.long, device=dev)
+    out_stalled = torch.zeros(n, dtype=torch.bool, device=dev)
+    stalled_runs = torch.zeros(n, dtype=torch.long, device=dev)
     col = (-1,) + (1,) * (x.dim() - 1)
+    floor = step_size / 2 ** stall_window
 
     for r in range(restarts):
         best_x, best_map, best_score = x.clone(), clean_map.clone(), clean_score.clone()
         x_cur = x.clone()
+        alpha = torch.full((n,), step_size, device=dev, dtype=dt)    # per-image step size ("backtrack")
+        run_rejected = torch.zeros(n, dtype=torch.long, device=dev)  # consecutive rejections so far
 
         def propose(x_prop, x_cur):
-            nonlocal best_x, best_map, best_score, rejected
+            nonlocal best_x, best_map, best_score, accepted, rejected, alpha, run_rejected
             logits, m = evaluate(x_prop)
             ok = logits.argmax(1) == y
             s = score_of(m, ctx)
@@ -306,8 +337,14 @@ def _attack_batch(model, surrogate, x, y, *, kind, method, options, direction_op
             best_x = torch.where(better.view(col), x_prop, best_x)
             best_map = torch.where(better.view(-1, 1, 1), m, best_map)
             best_score = torch.where(better, s, best_score)
+            accepted = accepted + ok.long()
             rejected = rejected + (~ok).long()
-            return torch.where(ok.view(col), x_prop, x_cur) if on_reject == "revert" else x_prop
+            run_rejected = torch.where(ok, 0, run_rejected + 1)
+            if on_reject == "continue":
+                return x_prop
+            if on_reject == "backtrack":
+                alpha = torch.where(ok, (2 * alpha).clamp_max(step_size), (alpha / 2).clamp_min(floor))
+            return torch.where(ok.view(col), x_prop, x_cur)
 
         if r > 0:  # random start inside the ball
             u = torch.rand(x.shape, generator=g_threat, device=dev, dtype=dt)
@@ -322,17 +359,22 @@ def _attack_batch(model, surrogate, x, y, *, kind, method, options, direction_op
                 if bool(flat.any()):
                     zero = zero + flat.long()
                     d = torch.where(flat.view(col), _random_sign(x.shape, g_threat, dev, dt), d)
-                x_prop = x_cur + step_size * d
+                x_prop = x_cur + (step_size * d if on_reject != "backtrack" else alpha.view(col) * d)
             x_cur = propose(torch.minimum(torch.maximum(x_prop, lo), hi), x_cur)
             bar.update(1)
 
         tau = kendall_tau(clean_map, best_map)
+        run_stalled = run_rejected >= stall_window
+        stalled_runs = stalled_runs + run_stalled.long()
         take = torch.ones(n, dtype=torch.bool, device=dev) if r == 0 else tau < out_kendall
         out_x = torch.where(take.view(col), best_x, out_x)
         out_score = torch.where(take, best_score, out_score)
         out_kendall = torch.where(take, tau, out_kendall)
         out_restart = torch.where(take, torch.full_like(out_restart, r), out_restart)
-    return out_x, out_score, out_kendall, out_restart, rejected, zero
+        out_stalled = torch.where(take, run_stalled, out_stalled)
+    return {"x_adv": out_x, "score": out_score, "kendall": out_kendall, "restart": out_restart,
+            "accepted_steps": accepted, "rejected_steps": rejected, "stalled": out_stalled,
+            "stalled_runs": stalled_runs, "zero_directions": zero}
 
 
 def attack(model: nn.Module, x: Tensor, y, *, method: str = "SM", kind: str = "topk", epsilon: float = 0.1,
@@ -340,7 +382,8 @@ def attack(model: nn.Module, x: Tensor, y, *, method: str = "SM", kind: str = "t
            restarts: int = 1, seed: int = 0, method_options: dict | None = None,
            direction_options: dict | None = None, target_map=None,
            convention: str = "grad_times_input", map_weight: float = 1.0, output_weight: float = 1.0,
-           on_reject: str = "revert", batch_size: int | None = None, progress: bool = False) -> AttackResult:
+           on_reject: str = "backtrack", batch_size: int | None = None, progress: bool = False,
+           stall_window: int = 5) -> AttackResult:
     """Iterative L-inf attack on an attribution method (see the module docstring for the loop and the kinds).
 
     Args:
@@ -367,11 +410,15 @@ def attack(model: nn.Module, x: Tensor, y, *, method: str = "SM", kind: str = "t
         target_map: (H, W) or (N, H, W) non-negative target for ``kind="targeted"`` (normalised to sum H*W).
         convention: the map convention of :func:`smoothgeo.attributions.map_of`.
         map_weight, output_weight: weights of the two squared errors of the targeted loss.
-        on_reject: "revert" (a label-changing proposal sends the image back to its last accepted iterate) or
-            "continue" (keep walking from it, as the reference code); either way it is never returned.
+        on_reject: what a label-changing proposal does (it is never returned): "backtrack" (default; back to the
+            last accepted iterate with the image's step size halved, floor ``step_size / 2**stall_window``,
+            doubled again after each acceptance), "revert" (back to the last accepted iterate, same step: SM/IG
+            stall there) or "continue" (keep walking from it, as the reference code).
         batch_size: attack this many images at a time (memory); None = all at once. Results with a fixed seed
             are reproducible for a fixed batch_size.
         progress: show a tqdm bar over the iterations.
+        stall_window: a run ended *stalled* for an image when its last ``stall_window`` proposals were all
+            rejected (``AttackResult.stalled``); also sets the backtracking floor. Integer in [1, 30].
     Returns:
         :class:`AttackResult`.
     Raises:
@@ -381,7 +428,7 @@ def attack(model: nn.Module, x: Tensor, y, *, method: str = "SM", kind: str = "t
     _, _, h, w = x.shape
     _check_settings(method=method, kind=kind, epsilon=epsilon, step_size=step_size, steps=steps, k=k, beta=beta,
                     restarts=restarts, convention=convention, on_reject=on_reject, n_pixels=h * w,
-                    batch_size=batch_size)
+                    batch_size=batch_size, stall_window=stall_window)
     options = dict(method_options or {})
     direction_options = {**options, **(direction_options or {})}
     if "generator" in direction_options:
@@ -403,7 +450,8 @@ def attack(model: nn.Module, x: Tensor, y, *, method: str = "SM", kind: str = "t
     x = x.detach()
     with eval_mode(model):
         with torch.no_grad():
-            attacked = model(x).argmax(1) == y
+            clean_pred = model(x).argmax(1)
+        attacked = clean_pred == y
         try:  # surface bad method_options with a clear message before any work
             for opts in (options, direction_options):
                 attribute(method, model, x[:1], y[:1], generator=make_generator(dev, 0), **opts)
@@ -415,11 +463,12 @@ def attack(model: nn.Module, x: Tensor, y, *, method: str = "SM", kind: str = "t
             for p in surrogate.parameters():
                 p.requires_grad_(False)
 
-        x_adv = x.clone()
         nan = torch.full((n,), float("nan"), device=dev, dtype=x.dtype)
-        score, kendall = nan.clone(), nan.clone()
-        restart = torch.zeros(n, dtype=torch.long, device=dev)
-        rejected, zero = restart.clone(), restart.clone()
+        counts = torch.zeros(n, dtype=torch.long, device=dev)
+        out = {"x_adv": x.clone(), "score": nan, "kendall": nan.clone(), "restart": counts,
+               "accepted_steps": counts.clone(), "rejected_steps": counts.clone(),
+               "stalled": torch.zeros(n, dtype=torch.bool, device=dev), "stalled_runs": counts.clone(),
+               "zero_directions": counts.clone()}
         index = attacked.nonzero().flatten()
         size = len(index) if batch_size is None else int(batch_size)
         chunks = [index[i:i + size] for i in range(0, len(index), max(size, 1))]
@@ -428,18 +477,18 @@ def attack(model: nn.Module, x: Tensor, y, *, method: str = "SM", kind: str = "t
         try:
             for b, idx in enumerate(chunks):
                 tm = None if target_map is None else target_map[idx]
-                out = _attack_batch(model, surrogate, x[idx], y[idx], kind=kind, method=method, options=options,
+                part = _attack_batch(model, surrogate, x[idx], y[idx], kind=kind, method=method, options=options,
                                     direction_options=direction_options,
                                     epsilon=float(epsilon), step_size=float(step_size), steps=int(steps), k=int(k),
                                     restarts=int(restarts), seed=derive_seed(seed, "batch", b), target_map=tm,
                                     convention=convention, map_weight=map_weight, output_weight=output_weight,
-                                    on_reject=on_reject, bar=bar)
-                x_adv[idx], score[idx], kendall[idx], restart[idx], rejected[idx], zero[idx] = out
+                                    on_reject=on_reject, stall_window=int(stall_window), bar=bar)
+                for key, value in part.items():
+                    out[key][idx] = value
         finally:
             bar.close()
         with torch.no_grad():
-            label_kept = model(x_adv).argmax(1) == model(x).argmax(1)
-    return AttackResult(x_adv=x_adv, attacked=attacked, label_kept=label_kept, score=score, kendall=kendall,
-                        restart=restart, rejected_steps=rejected, zero_directions=zero,
-                        linf=(x_adv - x).flatten(1).abs().amax(1), kind=kind, method=method,
+            label_kept = model(out["x_adv"]).argmax(1) == clean_pred
+    return AttackResult(**out, attacked=attacked, label_kept=label_kept,
+                        linf=(out["x_adv"] - x).flatten(1).abs().amax(1), kind=kind, method=method,
                         epsilon=float(epsilon))
