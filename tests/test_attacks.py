@@ -222,3 +222,45 @@ def test_direction_options_only_change_the_direction(trained):
     assert torch.equal(same.x_adv, attack(model, x, y, **kw).x_adv)
     with pytest.raises(ValueError, match="not accepted by method 'SG'"):
         attack(model, x, y, direction_options={"steps": 3}, **kw)
+
+
+@pytest.mark.parametrize("select", ["kendall", "score"])
+def test_ensemble_is_the_worst_member_per_image(trained, select):
+    """The ensemble is never weaker than any member alone (same seeds): per image it *is* the best of them."""
+    model, x, y = trained
+    kw = dict(method="SM", kind="topk", epsilon=0.1, step_size=0.02, steps=3, k=10, restarts=2, seed=7,
+              select=select)
+    betas = (3.0, 10.0, 30.0)
+    singles = [attack(model, x, y, surrogates=[b], **kw) for b in betas]
+    same = attack(model, x, y, beta=10.0, **kw)  # surrogates=[b] is the plain attack with beta=b
+    assert torch.equal(same.x_adv, singles[1].x_adv) and torch.equal(same.kendall, singles[1].kendall)
+    ens = attack(model, x, y, surrogates=betas, **kw)
+    _invariants(ens, x, y, model, 0.1)
+    assert ens.surrogates == betas and set(ens.member.tolist()) <= {0, 1, 2}
+    a = ens.attacked
+    crit = (lambda r: r.kendall) if select == "kendall" else (lambda r: r.score)
+    for single in singles:
+        assert bool((crit(ens)[a] <= crit(single)[a]).all())
+    assert torch.equal(crit(ens)[a], torch.stack([crit(s) for s in singles]).min(0).values[a])
+    for i in a.nonzero().flatten().tolist():
+        won = singles[int(ens.member[i])]
+        assert torch.equal(ens.x_adv[i], won.x_adv[i]) and ens.restart[i] == won.restart[i]
+        assert ens.score[i] == won.score[i] and ens.kendall[i] == won.kendall[i]
+    assert torch.equal(ens.accepted_steps, sum(s.accepted_steps for s in singles))
+    assert torch.equal(ens.rejected_steps, sum(s.rejected_steps for s in singles))
+    assert len(set(ens.member[a].tolist())) > 1  # the members do win on different images here
+
+
+def test_ensemble_settings(trained):
+    model, x, y = trained
+    rand = attack(model, x, y, kind="random", steps=2, k=10, surrogates=(3.0, 10.0))
+    assert rand.surrogates == (None,) and int(rand.member.sum()) == 0  # random needs no surrogate: one run
+    with pytest.warns(UserWarning, match="None surrogate"):
+        mixed = attack(model, x, y, steps=1, k=10, surrogates=(10.0, None))
+    assert mixed.surrogates == (10.0, None)
+    for bad, match in [((), "non-empty sequence"), ((10.0, 10.0), "repeated entries"), ((0.0,), "beta > 0 or None"),
+                       ("10", "non-empty sequence")]:
+        with pytest.raises(ValueError, match=match):
+            attack(model, x, y, steps=1, k=10, surrogates=bad)
+    with pytest.raises(ValueError, match="select must be one of"):
+        attack(model, x, y, steps=1, k=10, select="topk")
