@@ -121,13 +121,39 @@ def test_restarts_keep_lowest_kendall(trained):
     assert set(three.restart.tolist()) <= {0, 1, 2}
 
 
-@pytest.mark.parametrize("on_reject", ["revert", "continue"])
+@pytest.mark.parametrize("on_reject", ["backtrack", "revert", "continue"])
 def test_label_changing_steps_are_rejected(trained, on_reject):
     model, x, y = trained
     result = attack(model, x, y, method="SM", kind="topk", epsilon=1.0, step_size=0.25, steps=8, k=10,
                     on_reject=on_reject)
     assert int(result.rejected_steps.sum()) > 0  # the big budget does flip labels ...
     _invariants(result, x, y, model, 1.0)        # ... yet no returned image has a changed label
+    a = result.attacked
+    assert torch.equal(result.accepted_steps[a] + result.rejected_steps[a], torch.full_like(result.restart[a], 8))
+    assert int(result.accepted_steps[~a].sum() + result.rejected_steps[~a].sum()) == 0
+
+
+def test_backtrack_does_not_stall_where_revert_does(trained):
+    """SM is deterministic: after a rejection "revert" proposes the same step again and again (a stall);
+    "backtrack" halves that image's step and moves on."""
+    model, x, y = trained
+    kw = dict(method="SM", kind="topk", epsilon=0.3, step_size=0.05, steps=12, k=10, stall_window=5)
+    revert = attack(model, x, y, on_reject="revert", **kw)
+    back = attack(model, x, y, on_reject="backtrack", **kw)
+    assert int(revert.stalled.sum()) >= 2  # the case is real ...
+    stuck = revert.stalled
+    assert not bool(back.stalled.any())  # ... and backtracking escapes it
+    assert bool((back.accepted_steps[stuck] > revert.accepted_steps[stuck]).all())
+    assert bool((back.stalled_runs == 0).all()) and torch.equal(revert.stalled_runs, revert.stalled.long())
+    _invariants(back, x, y, model, 0.3)
+
+
+def test_backtrack_equals_fixed_step_without_rejections(trained):
+    model, x, y = trained
+    kw = dict(method="SM", kind="topk", epsilon=0.1, step_size=0.01, steps=6, k=10, restarts=2)
+    back, revert = attack(model, x, y, on_reject="backtrack", **kw), attack(model, x, y, on_reject="revert", **kw)
+    assert int(back.rejected_steps.sum()) == 0
+    assert torch.equal(back.x_adv, revert.x_adv) and torch.equal(back.score, revert.score)
 
 
 def test_model_mode_restored(trained):
@@ -158,6 +184,8 @@ def test_batch_size_and_no_surrogate_warning(trained):
     ({"method": "LRP"}, r"unknown attribution method 'LRP'"),
     ({"kind": "blur"}, r"unknown attack kind 'blur'"),
     ({"restarts": 0}, r"restarts must be an integer >= 1"),
+    ({"on_reject": "ignore"}, r"on_reject must be one of \['backtrack', 'revert', 'continue'\]"),
+    ({"stall_window": 0}, r"stall_window must be an integer in \[1, 30\]"),
     ({"beta": 0.0}, r"beta .* must be > 0"),
     ({"convention": "raw"}, r"unknown map convention"),
     ({"kind": "targeted"}, r"needs target_map"),
@@ -194,3 +222,45 @@ def test_direction_options_only_change_the_direction(trained):
     assert torch.equal(same.x_adv, attack(model, x, y, **kw).x_adv)
     with pytest.raises(ValueError, match="not accepted by method 'SG'"):
         attack(model, x, y, direction_options={"steps": 3}, **kw)
+
+
+@pytest.mark.parametrize("select", ["kendall", "score"])
+def test_ensemble_is_the_worst_member_per_image(trained, select):
+    """The ensemble is never weaker than any member alone (same seeds): per image it *is* the best of them."""
+    model, x, y = trained
+    kw = dict(method="SM", kind="topk", epsilon=0.1, step_size=0.02, steps=3, k=10, restarts=2, seed=7,
+              select=select)
+    betas = (3.0, 10.0, 30.0)
+    singles = [attack(model, x, y, surrogates=[b], **kw) for b in betas]
+    same = attack(model, x, y, beta=10.0, **kw)  # surrogates=[b] is the plain attack with beta=b
+    assert torch.equal(same.x_adv, singles[1].x_adv) and torch.equal(same.kendall, singles[1].kendall)
+    ens = attack(model, x, y, surrogates=betas, **kw)
+    _invariants(ens, x, y, model, 0.1)
+    assert ens.surrogates == betas and set(ens.member.tolist()) <= {0, 1, 2}
+    a = ens.attacked
+    crit = (lambda r: r.kendall) if select == "kendall" else (lambda r: r.score)
+    for single in singles:
+        assert bool((crit(ens)[a] <= crit(single)[a]).all())
+    assert torch.equal(crit(ens)[a], torch.stack([crit(s) for s in singles]).min(0).values[a])
+    for i in a.nonzero().flatten().tolist():
+        won = singles[int(ens.member[i])]
+        assert torch.equal(ens.x_adv[i], won.x_adv[i]) and ens.restart[i] == won.restart[i]
+        assert ens.score[i] == won.score[i] and ens.kendall[i] == won.kendall[i]
+    assert torch.equal(ens.accepted_steps, sum(s.accepted_steps for s in singles))
+    assert torch.equal(ens.rejected_steps, sum(s.rejected_steps for s in singles))
+    assert len(set(ens.member[a].tolist())) > 1  # the members do win on different images here
+
+
+def test_ensemble_settings(trained):
+    model, x, y = trained
+    rand = attack(model, x, y, kind="random", steps=2, k=10, surrogates=(3.0, 10.0))
+    assert rand.surrogates == (None,) and int(rand.member.sum()) == 0  # random needs no surrogate: one run
+    with pytest.warns(UserWarning, match="None surrogate"):
+        mixed = attack(model, x, y, steps=1, k=10, surrogates=(10.0, None))
+    assert mixed.surrogates == (10.0, None)
+    for bad, match in [((), "non-empty sequence"), ((10.0, 10.0), "repeated entries"), ((0.0,), "beta > 0 or None"),
+                       ("10", "non-empty sequence")]:
+        with pytest.raises(ValueError, match=match):
+            attack(model, x, y, steps=1, k=10, surrogates=bad)
+    with pytest.raises(ValueError, match="select must be one of"):
+        attack(model, x, y, steps=1, k=10, select="topk")

@@ -118,3 +118,13 @@ def test_bad_arguments(setup):
         evaluate(model, x, y, **{**SETTINGS, "method_options": {"IG ": {}}})
     with pytest.raises(ValueError, match=r"k must be in \[1, 100\]"):
         noise_floor(model, x, y, methods=["SM"], k=101)
+
+
+def test_ensemble_settings_reach_the_attack(setup, full):
+    model, x, y = setup
+    one = evaluate(model, x, y, **{**SETTINGS, "kinds": ["topk"]}, surrogates=[10.0])  # = beta 10, the default
+    pd.testing.assert_frame_equal(one, full[full.kind == "topk"].reset_index(drop=True), check_exact=True)
+    ens = evaluate(model, x, y, **{**SETTINGS, "kinds": ["topk"], "epsilons": [0.1]}, surrogates=[3.0, 10.0])
+    single = one[one.epsilon == 0.1].reset_index(drop=True)
+    sm = (ens.evaluated_method == "SM") & ens.attacked
+    assert (ens[sm].kendall.to_numpy() <= single[sm].kendall.to_numpy() + 1e-6).all()

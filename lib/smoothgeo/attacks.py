@@ -27,15 +27,35 @@ Design choices (see :func:`attack` for the arguments):
   everywhere); the label check, the clean map and every score use the original ``model``. ``beta=None`` uses
   the model itself (for already smooth models).
 * A proposal whose prediction on the original model differs from ``y`` is rejected: it is never returned, and
-  with ``on_reject="revert"`` (default) the image's iterate goes back to its last accepted point. Deterministic
-  methods (SM, IG) then propose the same step again, so a rejected image effectively stops there; random ones
-  (SG, UG) draw new noise and may move on. ``on_reject="continue"`` keeps walking from the rejected point, as
-  Ghorbani et al.'s reference code does (still never returning it).
+  ``on_reject`` says what the image does next:
+
+  - ``"backtrack"`` (default): the image stays at its last accepted iterate and its own step size is halved for
+    its next proposal, down to a floor of ``step_size / 2**stall_window``; each accepted proposal doubles it
+    again, up to ``step_size``. Since the label is kept at the accepted iterate, a small enough step is
+    accepted, so the attack cannot get stuck on one rejected step. With no rejection the run is exactly the
+    plain fixed-step loop.
+  - ``"revert"``: the image goes back to its last accepted iterate with the same step size. Deterministic
+    methods (SM, IG) then propose the same step again, so a rejected image *stalls* there for good; random
+    ones (SG, UG) draw new noise and may move on. (The behaviour before ``"backtrack"`` existed.)
+  - ``"continue"``: keep walking from the rejected point, as Ghorbani et al.'s reference code does (still never
+    returning it).
+
+  ``kind="random"`` draws every proposal around ``x`` itself, so ``on_reject`` does not change its proposals.
+* A run (one restart) *ended stalled* for an image when its last ``stall_window`` proposals were all rejected.
+  Under ``"revert"`` with SM/IG that is the first rejection repeated; under ``"backtrack"`` it means even a step
+  of ``step_size / 2**(stall_window - 1)`` changes the label (the image sits on the decision boundary).
+  ``AttackResult.stalled`` reports it for the run that produced ``x_adv``, ``stalled_runs`` counts all runs.
 * Only correctly classified images (``model(x).argmax(1) == y``) are attacked; the others come back unchanged
   with ``attacked=False`` and NaN scores.
 * Restart 0 starts at ``x``; later restarts start at ``x + U[-eps, eps]^d`` (itself a proposal that must keep
   the label, else the restart starts at ``x``). Per image the restart whose returned iterate has the lowest
   Kendall tau with the clean map wins, whatever the kind (the paper's protocol).
+* Ensembles (adaptive attacks): ``surrogates=(1, 3, 10, 30)`` runs every restart once per surrogate beta (None =
+  the model's own gradient) and returns per image the worst of all (member, restart) runs under one flat rule,
+  ``select`` ("kendall" by default, as for restarts, so an ensemble is just more restarts and the choice does
+  not depend on how runs are grouped; "score" picks by the kind's own objective instead). Every member reuses
+  the same seeds, so member j's runs are bit for bit those of ``attack(..., surrogates=[beta_j])`` and the
+  ensemble is never weaker than any member alone. The clean evaluation is shared by all members.
 * Scores of SG/UG iterates use *common random numbers*: the original model's map is evaluated with a generator
   reseeded to the same seed for the clean image and every iterate, so iterates differ by the input, not by the
   noise draw. The evaluation engine (:mod:`smoothgeo.evaluation`) re-evaluates with independent draws.
@@ -49,8 +69,8 @@ from __future__ import annotations
 
 import hashlib
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, replace
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -66,7 +86,8 @@ __all__ = ["attack", "AttackResult", "KINDS", "LOSSES", "SCORES", "CONVENTIONS",
 KINDS = ("topk", "mass_center", "targeted", "random")
 CONVENTIONS = ("grad_times_input", "abs")
 RANDOM_METHODS = frozenset({"SG", "UG"})
-ON_REJECT = ("revert", "continue")
+ON_REJECT = ("backtrack", "revert", "continue")
+SELECT = ("kendall", "score")
 
 
 def derive_seed(seed: int, *keys) -> int:
@@ -103,10 +124,20 @@ class AttackResult:
         kendall: (N,) Kendall tau between the clean map and the map at ``x_adv`` (original model), NaN where
             not attacked.
         restart: (N,) long, the restart that produced ``x_adv``.
-        rejected_steps: (N,) long, proposals rejected for changing the label, over all restarts.
-        zero_directions: (N,) long, steps whose attack direction was exactly zero (a random sign step was taken).
+        member: (N,) long, the ensemble member (index into ``surrogates``) that produced ``x_adv``; 0 without an
+            ensemble and for ``kind="random"``.
+        accepted_steps: (N,) long, proposals accepted (label kept), over all members and restarts; a random start
+            counts as a proposal.
+        rejected_steps: (N,) long, proposals rejected for changing the label, over all members and restarts.
+        stalled: (N,) bool, the run that produced ``x_adv`` ended stalled: its last ``stall_window`` proposals
+            were all rejected (see the module docstring); False where not attacked.
+        stalled_runs: (N,) long, runs (member x restart) that ended stalled.
+        zero_directions: (N,) long, steps whose attack direction was exactly zero (a random sign step was taken),
+            over all members and restarts.
         linf: (N,) L-inf size of ``x_adv - x``.
         kind, method, epsilon: the attack's settings.
+        surrogates: the softplus betas of the members (None = the model's own gradient); ``(None,)`` for
+            ``kind="random"``, which uses no surrogate.
     """
 
     x_adv: Tensor
@@ -115,12 +146,17 @@ class AttackResult:
     score: Tensor
     kendall: Tensor
     restart: Tensor
+    member: Tensor
+    accepted_steps: Tensor
     rejected_steps: Tensor
+    stalled: Tensor
+    stalled_runs: Tensor
     zero_directions: Tensor
     linf: Tensor
     kind: str
     method: str
     epsilon: float
+    surrogates: tuple = (None,)
 
 
 # ----------------------------------------------------------------------------------------------------- losses
@@ -192,7 +228,7 @@ def check_images(x: Tensor, y=None, *, name: str = "x") -> Tensor | None:
 
 
 def _check_settings(*, method, kind, epsilon, step_size, steps, k, beta, restarts, convention, on_reject,
-                    n_pixels, batch_size):
+                    n_pixels, batch_size, stall_window, surrogates, select):
     if method not in METHODS:
         raise ValueError(f"unknown attribution method {method!r}; method must be one of {sorted(METHODS)}")
     if kind not in KINDS:
@@ -213,6 +249,20 @@ def _check_settings(*, method, kind, epsilon, step_size, steps, k, beta, restart
         raise ValueError(f"unknown map convention {convention!r}; convention must be one of {list(CONVENTIONS)}")
     if on_reject not in ON_REJECT:
         raise ValueError(f"on_reject must be one of {list(ON_REJECT)}, got {on_reject!r}")
+    if select not in SELECT:
+        raise ValueError(f"select must be one of {list(SELECT)}, got {select!r}")
+    if surrogates is not None:
+        if isinstance(surrogates, (str, bytes)) or not hasattr(surrogates, "__len__") or len(surrogates) == 0:
+            raise ValueError(f"surrogates must be a non-empty sequence of softplus betas (> 0) or None entries, "
+                             f"got {surrogates!r}")
+        for b in surrogates:
+            if b is not None and not (isinstance(b, (int, float)) and b > 0):
+                raise ValueError(f"every entry of surrogates must be a softplus beta > 0 or None (the model's own "
+                                 f"gradient), got {b!r}")
+        if len(set(surrogates)) != len(surrogates):
+            raise ValueError(f"surrogates has repeated entries {list(surrogates)}; each member must differ")
+    if int(stall_window) != stall_window or not 1 <= stall_window <= 30:
+        raise ValueError(f"stall_window must be an integer in [1, 30], got {stall_window}")
     if batch_size is not None and (int(batch_size) != batch_size or batch_size < 1):
         raise ValueError(f"batch_size must be an integer >= 1 or None (all images at once), got {batch_size}")
 
@@ -262,77 +312,98 @@ def _random_sign(shape, generator, device, dtype) -> Tensor:
     return torch.randint(0, 2, shape, generator=generator, device=device).to(dtype) * 2 - 1
 
 
-def _attack_batch(model, surrogate, x, y, *, kind, method, options, direction_options, epsilon, step_size, steps,
-                  k, restarts, seed, target_map, convention, map_weight, output_weight, on_reject, bar):
-    """Attack a batch of correctly classified images; returns (x_adv, score, kendall, restart, rejected, zero)."""
+def _attack_batch(model, surrogates, x, y, *, kind, method, options, direction_options, epsilon, step_size, steps,
+                  k, restarts, seed, target_map, convention, map_weight, output_weight, on_reject, stall_window,
+                  select, bar):
+    """Attack a batch of correctly classified images with every surrogate (member) and restart.
+
+    Returns a dict of per-image tensors named as :class:`AttackResult`'s fields. Every member uses the same
+    generators' seeds, so member j's runs are exactly those of an attack with ``surrogates=[surrogates[j]]``.
+    """
     n, dev, dt = x.shape[0], x.device, x.dtype
     eval_seed = derive_seed(seed, "select")
-    g_direction = make_generator(dev, derive_seed(seed, "direction"))   # surrogate SG/UG noise
-    g_threat = make_generator(dev, derive_seed(seed, "threat"))         # random steps, starts, fallbacks
 
     def evaluate(z):
         return _original_eval(model, z, y, method, options, eval_seed, convention)
 
-    _, clean_map = evaluate(x)
+    _, clean_map = evaluate(x)  # the original model's clean map: computed once, shared by all members
     mask = torch.zeros_like(clean_map.flatten(1), dtype=torch.bool)
     mask.scatter_(1, clean_map.flatten(1).topk(k, dim=1).indices, True)
-    clean_probs = None
-    if kind == "targeted":
-        with torch.no_grad():
-            clean_probs = F.softmax(surrogate(x), dim=1)
-    ctx = _Context(clean_map, mask.view_as(clean_map).to(dt), mass_center(clean_map), target_map, clean_probs,
-                   surrogate, k, map_weight, output_weight)
+    base = _Context(clean_map, mask.view_as(clean_map).to(dt), mass_center(clean_map), target_map, None,
+                    surrogates[0], k, map_weight, output_weight)
     score_of = SCORES[kind]
-    clean_score = score_of(clean_map, ctx)
+    clean_score = score_of(clean_map, base)
 
     lo, hi = (x - epsilon).clamp(0, 1), (x + epsilon).clamp(0, 1)
-    out_x, out_score = x.clone(), clean_score.clone()
-    out_kendall = torch.full((n,), float("nan"), device=dev, dtype=dt)
-    out_restart = torch.zeros(n, dtype=torch.long, device=dev)
-    rejected = torch.zeros(n, dtype=torch.long, device=dev)
-    zero = torch.zeros(n, dtype=torch.long, device=dev)
+    counts = torch.zeros(n, dtype=torch.long, device=dev)
+    out = {"x_adv": x.clone(), "score": clean_score.clone(), "kendall": torch.full((n,), float("nan"), device=dev,
+           dtype=dt), "restart": counts.clone(), "member": counts.clone(), "accepted_steps": counts.clone(),
+           "rejected_steps": counts.clone(), "stalled": torch.zeros(n, dtype=torch.bool, device=dev),
+           "stalled_runs": counts.clone(), "zero_directions": counts.clone()}
     col = (-1,) + (1,) * (x.dim() - 1)
+    floor = step_size / 2 ** stall_window
 
-    for r in range(restarts):
-        best_x, best_map, best_score = x.clone(), clean_map.clone(), clean_score.clone()
-        x_cur = x.clone()
+    for j, surrogate in enumerate(surrogates):
+        ctx = base
+        if kind == "targeted":
+            with torch.no_grad():
+                ctx = replace(base, surrogate=surrogate, clean_probs=F.softmax(surrogate(x), dim=1))
+        g_direction = make_generator(dev, derive_seed(seed, "direction"))   # surrogate SG/UG noise
+        g_threat = make_generator(dev, derive_seed(seed, "threat"))         # random steps, starts, fallbacks
+        for r in range(restarts):
+            best_x, best_map, best_score = x.clone(), clean_map.clone(), clean_score.clone()
+            x_cur = x.clone()
+            alpha = torch.full((n,), step_size, device=dev, dtype=dt)    # per-image step size ("backtrack")
+            run_rejected = torch.zeros(n, dtype=torch.long, device=dev)  # consecutive rejections so far
 
-        def propose(x_prop, x_cur):
-            nonlocal best_x, best_map, best_score, rejected
-            logits, m = evaluate(x_prop)
-            ok = logits.argmax(1) == y
-            s = score_of(m, ctx)
-            better = ok & (s < best_score)
-            best_x = torch.where(better.view(col), x_prop, best_x)
-            best_map = torch.where(better.view(-1, 1, 1), m, best_map)
-            best_score = torch.where(better, s, best_score)
-            rejected = rejected + (~ok).long()
-            return torch.where(ok.view(col), x_prop, x_cur) if on_reject == "revert" else x_prop
+            def propose(x_prop, x_cur):
+                nonlocal best_x, best_map, best_score, alpha, run_rejected
+                logits, m = evaluate(x_prop)
+                ok = logits.argmax(1) == y
+                s = score_of(m, ctx)
+                better = ok & (s < best_score)
+                best_x = torch.where(better.view(col), x_prop, best_x)
+                best_map = torch.where(better.view(-1, 1, 1), m, best_map)
+                best_score = torch.where(better, s, best_score)
+                out["accepted_steps"] += ok.long()
+                out["rejected_steps"] += (~ok).long()
+                run_rejected = torch.where(ok, 0, run_rejected + 1)
+                if on_reject == "continue":
+                    return x_prop
+                if on_reject == "backtrack":
+                    alpha = torch.where(ok, (2 * alpha).clamp_max(step_size), (alpha / 2).clamp_min(floor))
+                return torch.where(ok.view(col), x_prop, x_cur)
 
-        if r > 0:  # random start inside the ball
-            u = torch.rand(x.shape, generator=g_threat, device=dev, dtype=dt)
-            x_cur = propose(torch.minimum(torch.maximum(x + (2 * u - 1) * epsilon, lo), hi), x_cur)
-        for _ in range(steps):
-            if kind == "random":
-                step = epsilon * _random_sign(x.shape, g_threat, dev, dt)
-                x_prop = x + step
-            else:
-                d = _direction(kind, surrogate, x_cur, y, method, direction_options, g_direction, convention, ctx)
-                flat = d.flatten(1).abs().amax(1) == 0
-                if bool(flat.any()):
-                    zero = zero + flat.long()
-                    d = torch.where(flat.view(col), _random_sign(x.shape, g_threat, dev, dt), d)
-                x_prop = x_cur + step_size * d
-            x_cur = propose(torch.minimum(torch.maximum(x_prop, lo), hi), x_cur)
-            bar.update(1)
+            if r > 0:  # random start inside the ball
+                u = torch.rand(x.shape, generator=g_threat, device=dev, dtype=dt)
+                x_cur = propose(torch.minimum(torch.maximum(x + (2 * u - 1) * epsilon, lo), hi), x_cur)
+            for _ in range(steps):
+                if kind == "random":
+                    step = epsilon * _random_sign(x.shape, g_threat, dev, dt)
+                    x_prop = x + step
+                else:
+                    d = _direction(kind, surrogate, x_cur, y, method, direction_options, g_direction, convention,
+                                   ctx)
+                    flat = d.flatten(1).abs().amax(1) == 0
+                    if bool(flat.any()):
+                        out["zero_directions"] += flat.long()
+                        d = torch.where(flat.view(col), _random_sign(x.shape, g_threat, dev, dt), d)
+                    x_prop = x_cur + (step_size * d if on_reject != "backtrack" else alpha.view(col) * d)
+                x_cur = propose(torch.minimum(torch.maximum(x_prop, lo), hi), x_cur)
+                bar.update(1)
 
-        tau = kendall_tau(clean_map, best_map)
-        take = torch.ones(n, dtype=torch.bool, device=dev) if r == 0 else tau < out_kendall
-        out_x = torch.where(take.view(col), best_x, out_x)
-        out_score = torch.where(take, best_score, out_score)
-        out_kendall = torch.where(take, tau, out_kendall)
-        out_restart = torch.where(take, torch.full_like(out_restart, r), out_restart)
-    return out_x, out_score, out_kendall, out_restart, rejected, zero
+            tau = kendall_tau(clean_map, best_map)
+            run_stalled = run_rejected >= stall_window
+            out["stalled_runs"] += run_stalled.long()
+            if j == 0 and r == 0:
+                take = torch.ones(n, dtype=torch.bool, device=dev)
+            else:  # one flat rule over all (member, restart) runs; ties keep the earlier run
+                take = tau < out["kendall"] if select == "kendall" else best_score < out["score"]
+            out["x_adv"] = torch.where(take.view(col), best_x, out["x_adv"])
+            for key, value in (("score", best_score), ("kendall", tau), ("stalled", run_stalled),
+                               ("restart", torch.full_like(counts, r)), ("member", torch.full_like(counts, j))):
+                out[key] = torch.where(take, value, out[key])
+    return out
 
 
 def attack(model: nn.Module, x: Tensor, y, *, method: str = "SM", kind: str = "topk", epsilon: float = 0.1,
@@ -340,7 +411,9 @@ def attack(model: nn.Module, x: Tensor, y, *, method: str = "SM", kind: str = "t
            restarts: int = 1, seed: int = 0, method_options: dict | None = None,
            direction_options: dict | None = None, target_map=None,
            convention: str = "grad_times_input", map_weight: float = 1.0, output_weight: float = 1.0,
-           on_reject: str = "revert", batch_size: int | None = None, progress: bool = False) -> AttackResult:
+           on_reject: str = "backtrack", batch_size: int | None = None, progress: bool = False,
+           stall_window: int = 5, surrogates: Sequence[float | None] | None = None,
+           select: str = "kendall") -> AttackResult:
     """Iterative L-inf attack on an attribution method (see the module docstring for the loop and the kinds).
 
     Args:
@@ -354,6 +427,7 @@ def attack(model: nn.Module, x: Tensor, y, *, method: str = "SM", kind: str = "t
         steps: iterations per restart (for "random": noise draws per restart).
         k: pixels in the top-k set, in [1, H*W].
         beta: softplus beta of the surrogate that gives the attack direction; None uses ``model`` itself.
+            Ignored when ``surrogates`` is given.
         restarts: runs per image; restarts after the first start at a uniform random point of the ball; per
             image the run with the lowest Kendall tau wins.
         seed: seeds every random draw (noise of SG/UG, random steps and starts).
@@ -367,11 +441,26 @@ def attack(model: nn.Module, x: Tensor, y, *, method: str = "SM", kind: str = "t
         target_map: (H, W) or (N, H, W) non-negative target for ``kind="targeted"`` (normalised to sum H*W).
         convention: the map convention of :func:`smoothgeo.attributions.map_of`.
         map_weight, output_weight: weights of the two squared errors of the targeted loss.
-        on_reject: "revert" (a label-changing proposal sends the image back to its last accepted iterate) or
-            "continue" (keep walking from it, as the reference code); either way it is never returned.
+        on_reject: what a label-changing proposal does (it is never returned): "backtrack" (default; back to the
+            last accepted iterate with the image's step size halved, floor ``step_size / 2**stall_window``,
+            doubled again after each acceptance), "revert" (back to the last accepted iterate, same step: SM/IG
+            stall there) or "continue" (keep walking from it, as the reference code).
         batch_size: attack this many images at a time (memory); None = all at once. Results with a fixed seed
             are reproducible for a fixed batch_size.
         progress: show a tqdm bar over the iterations.
+        stall_window: a run ended *stalled* for an image when its last ``stall_window`` proposals were all
+            rejected (``AttackResult.stalled``); also sets the backtracking floor. Integer in [1, 30].
+        surrogates: an attack ensemble: one softplus beta per member (None = the model's own gradient, for
+            already smooth models), e.g. ``(1, 3, 10, 30)``. Each member runs all ``restarts`` with the same seeds
+            (so member j alone is ``attack(..., surrogates=[surrogates[j]])``), and per image the worst run over
+            members and restarts is returned (``select``); ``AttackResult.member`` says which. None (default):
+            one member, ``beta``. ``kind="random"`` uses no surrogate and runs once.
+        select: how the returned run is chosen per image among all (member, restart) runs, one flat rule:
+            "kendall" (default; lowest Kendall tau with the clean map, the paper's restart rule, defined and
+            comparable for every kind) or "score" (lowest score of the kind, i.e. the kind's own objective:
+            top-k intersection, dislocation, distance to the target). Ties keep the earlier run (members in
+            the given order, restarts inside each member). Within a run the iterate is always the one with the
+            lowest score.
     Returns:
         :class:`AttackResult`.
     Raises:
@@ -381,7 +470,10 @@ def attack(model: nn.Module, x: Tensor, y, *, method: str = "SM", kind: str = "t
     _, _, h, w = x.shape
     _check_settings(method=method, kind=kind, epsilon=epsilon, step_size=step_size, steps=steps, k=k, beta=beta,
                     restarts=restarts, convention=convention, on_reject=on_reject, n_pixels=h * w,
-                    batch_size=batch_size)
+                    batch_size=batch_size, stall_window=stall_window, surrogates=surrogates, select=select)
+    betas = (beta,) if surrogates is None else tuple(None if b is None else float(b) for b in surrogates)
+    if kind == "random":
+        betas = (None,)
     options = dict(method_options or {})
     direction_options = {**options, **(direction_options or {})}
     if "generator" in direction_options:
@@ -392,54 +484,60 @@ def attack(model: nn.Module, x: Tensor, y, *, method: str = "SM", kind: str = "t
         target_map = _normalise_target_map(target_map, x)
     elif target_map is not None:
         raise ValueError(f"target_map is only used by kind='targeted', not kind={kind!r}")
-    if beta is None and kind != "random" and any(isinstance(m, nn.ReLU) for m in model.modules()):
+    if None in betas and kind != "random" and any(isinstance(m, nn.ReLU) for m in model.modules()):
         import warnings
-        warnings.warn("attack(beta=None) on a model with nn.ReLU: the map's gradient is zero almost everywhere, "
-                      "so the attack degenerates to random steps; pass beta (e.g. 10) for a softplus surrogate",
-                      stacklevel=2)
+        warnings.warn("attack(beta=None) or a None surrogate on a model with nn.ReLU: the map's gradient is zero "
+                      "almost everywhere, so that attack degenerates to random steps; pass beta (e.g. 10) for a "
+                      "softplus surrogate", stacklevel=2)
     from tqdm.auto import tqdm
 
     n, dev = x.shape[0], x.device
     x = x.detach()
     with eval_mode(model):
         with torch.no_grad():
-            attacked = model(x).argmax(1) == y
+            clean_pred = model(x).argmax(1)
+        attacked = clean_pred == y
         try:  # surface bad method_options with a clear message before any work
             for opts in (options, direction_options):
                 attribute(method, model, x[:1], y[:1], generator=make_generator(dev, 0), **opts)
         except TypeError as exc:
             raise ValueError(f"method_options {opts} not accepted by method {method!r}: {exc}") from None
-        surrogate = model
-        if beta is not None and kind != "random":
-            surrogate = softplus_copy(model, beta).eval()
-            for p in surrogate.parameters():
-                p.requires_grad_(False)
+        members = []
+        for b in betas:
+            surrogate = model
+            if b is not None:
+                surrogate = softplus_copy(model, b).eval()
+                for p in surrogate.parameters():
+                    p.requires_grad_(False)
+            members.append(surrogate)
 
-        x_adv = x.clone()
         nan = torch.full((n,), float("nan"), device=dev, dtype=x.dtype)
-        score, kendall = nan.clone(), nan.clone()
-        restart = torch.zeros(n, dtype=torch.long, device=dev)
-        rejected, zero = restart.clone(), restart.clone()
+        counts = torch.zeros(n, dtype=torch.long, device=dev)
+        out = {"x_adv": x.clone(), "score": nan, "kendall": nan.clone(), "restart": counts,
+               "member": counts.clone(), "accepted_steps": counts.clone(), "rejected_steps": counts.clone(),
+               "stalled": torch.zeros(n, dtype=torch.bool, device=dev), "stalled_runs": counts.clone(),
+               "zero_directions": counts.clone()}
         index = attacked.nonzero().flatten()
         size = len(index) if batch_size is None else int(batch_size)
         chunks = [index[i:i + size] for i in range(0, len(index), max(size, 1))]
-        bar = tqdm(total=len(chunks) * restarts * steps, disable=not progress, leave=False,
+        bar = tqdm(total=len(chunks) * len(members) * restarts * steps, disable=not progress, leave=False,
                    desc=f"{kind} {method} eps={epsilon:g}")
         try:
             for b, idx in enumerate(chunks):
                 tm = None if target_map is None else target_map[idx]
-                out = _attack_batch(model, surrogate, x[idx], y[idx], kind=kind, method=method, options=options,
+                part = _attack_batch(model, members, x[idx], y[idx], kind=kind, method=method, options=options,
                                     direction_options=direction_options,
                                     epsilon=float(epsilon), step_size=float(step_size), steps=int(steps), k=int(k),
                                     restarts=int(restarts), seed=derive_seed(seed, "batch", b), target_map=tm,
                                     convention=convention, map_weight=map_weight, output_weight=output_weight,
-                                    on_reject=on_reject, bar=bar)
-                x_adv[idx], score[idx], kendall[idx], restart[idx], rejected[idx], zero[idx] = out
+                                    on_reject=on_reject, stall_window=int(stall_window), select=select,
+                                    bar=bar)
+                for key, value in part.items():
+                    out[key][idx] = value
         finally:
             bar.close()
         with torch.no_grad():
-            label_kept = model(x_adv).argmax(1) == model(x).argmax(1)
-    return AttackResult(x_adv=x_adv, attacked=attacked, label_kept=label_kept, score=score, kendall=kendall,
-                        restart=restart, rejected_steps=rejected, zero_directions=zero,
-                        linf=(x_adv - x).flatten(1).abs().amax(1), kind=kind, method=method,
-                        epsilon=float(epsilon))
+            label_kept = model(out["x_adv"]).argmax(1) == clean_pred
+    return AttackResult(**out, attacked=attacked, label_kept=label_kept,
+                        linf=(out["x_adv"] - x).flatten(1).abs().amax(1), kind=kind, method=method,
+                        epsilon=float(epsilon), surrogates=betas)

@@ -140,8 +140,9 @@ def evaluate(model: nn.Module, x: Tensor, y, *, attacked_methods: str | Sequence
              method_options: dict[str, dict] | None = None, direction_options: dict[str, dict] | None = None,
              target_map=None,
              convention: str = "grad_times_input", map_weight: float = 1.0, output_weight: float = 1.0,
-             on_reject: str = "revert", batch_size: int | None = None, partial_path=None,
-             on_mismatch: str = "raise", progress: bool = True) -> pd.DataFrame:
+             on_reject: str = "backtrack", batch_size: int | None = None, partial_path=None,
+             on_mismatch: str = "raise", progress: bool = True, stall_window: int = 5,
+             surrogates: Sequence[float | None] | None = None, select: str = "kendall") -> pd.DataFrame:
     """Attack and evaluate; one row per (unit, image, evaluated method), columns :data:`COLUMNS`.
 
     Args:
@@ -152,7 +153,8 @@ def evaluate(model: nn.Module, x: Tensor, y, *, attacked_methods: str | Sequence
         kinds: attack kinds (see :mod:`smoothgeo.attacks`); "targeted" needs ``target_map``.
         epsilons: L-inf radii.
         step_size, steps, k, beta, restarts, target_map, convention, map_weight, output_weight, on_reject,
-            batch_size: passed to :func:`smoothgeo.attacks.attack` (``k`` and ``convention`` also for metrics).
+            stall_window, surrogates, select, batch_size: passed to :func:`smoothgeo.attacks.attack` (``k`` and
+            ``convention`` also for metrics).
         seed: base seed; each unit and each evaluation draw derives its own.
         method_options: per method name, its attribution options, e.g. ``{"IG": {"steps": 50},
             "SG": {"noise_level": 0.1, "samples": 50}}``; used for attacking and evaluating alike.
@@ -194,7 +196,9 @@ def evaluate(model: nn.Module, x: Tensor, y, *, attacked_methods: str | Sequence
               "direction_options": direction_options,
               "target_map": None if target_map is None else _fingerprint(torch.as_tensor(target_map)),
               "convention": convention, "map_weight": map_weight, "output_weight": output_weight,
-              "on_reject": on_reject, "batch_size": batch_size}
+              "on_reject": on_reject, "stall_window": stall_window, "batch_size": batch_size}
+    if surrogates is not None or select != "kendall":  # absent keys keep older partial files' hashes
+        config.update(surrogates=None if surrogates is None else list(surrogates), select=select)
     config_hash = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
     path = None if partial_path is None else Path(partial_path)
     if on_mismatch not in ("raise", "restart"):
@@ -225,7 +229,8 @@ def evaluate(model: nn.Module, x: Tensor, y, *, attacked_methods: str | Sequence
                             method_options=method_options.get(am), direction_options=direction_options.get(am),
                             target_map=target_map,
                             convention=convention, map_weight=map_weight, output_weight=output_weight,
-                            on_reject=on_reject, batch_size=batch_size, progress=progress)
+                            on_reject=on_reject, stall_window=stall_window, batch_size=batch_size,
+                            progress=progress, surrogates=surrogates, select=select)
             with torch.no_grad():
                 adv_probs = torch.softmax(model(result.x_adv), 1)
             adv_conf = adv_probs.gather(1, pred.view(-1, 1)).flatten().double().cpu().numpy()
