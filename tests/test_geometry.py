@@ -253,3 +253,6 @@ def test_merged_class_penalty_is_finite_for_one_hot_probabilities():
         assert all(g is None or torch.isfinite(g).all() for g in grads)
     with pytest.raises(ValueError, match="top_classes"):
         lambda_max_penalty(model, x, top_classes=-1)
+    for m in (0, 1, 2):
+        with pytest.raises(ValueError, match="average_channels needs image"):
+            lambda_max_penalty(model, x, top_classes=m, average_channels=True)

@@ -245,6 +245,9 @@ def lambda_max_penalty(model: nn.Module, x: Tensor, *, average_channels: bool = 
             lower, _ = ce_hessian_factor(logits)                              # L, attached through p
             w = (lower @ top).squeeze(2).to(logits.dtype)                     # (N, C)
         else:
+            if average_channels and x.dim() < 4:
+                raise ValueError("average_channels needs image inputs (N, channels, H, W), got shape "
+                                 f"{tuple(x.shape)}")
             with torch.no_grad():
                 order = logits.argsort(1, descending=True)[:, :m]             # (N, m) kept classes
                 lower, e = merged_class_factor(logits, order)
@@ -255,9 +258,6 @@ def lambda_max_penalty(model: nn.Module, x: Tensor, *, average_channels: bool = 
                                                 retain_graph=True)[0] for k in range(m)]
                     d = torch.stack(rows, 1)                                  # D_k = g_k - r
                     if average_channels:
-                        if d.dim() < 4:
-                            raise ValueError("average_channels needs image inputs (N, channels, H, W), got "
-                                             f"shape {tuple(x.shape)}")
                         d = d.mean(2)
                     d = d.flatten(2).double()
                     small = lower.transpose(1, 2) @ (d @ d.transpose(1, 2)) @ lower  # (N, m+1, m+1)
