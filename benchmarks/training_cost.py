@@ -3,9 +3,12 @@
 Default protocol: FashionCNN on Fashion-MNIST, batch 128 (469 batches per epoch of 60,000 images), Adam.
 Recipe options come from params.yaml (the first train entry of each recipe) when it exists, else the built-in
 defaults below. ``--batches N`` times N optimisation steps per recipe (after ``--warmup`` untimed ones) and
-extrapolates to a full epoch; the output says so.
+extrapolates to a full epoch; the output says so. SSR runs twice or more: ``ssr`` with the exact lambda_max
+(``top_classes=0``) and ``ssr top-m`` with the merged-class route for each m of ``--ssr-top-classes``; the last
+lines give each SSR variant's cost relative to Madry and to natural training.
 
     python benchmarks/training_cost.py --batches 20
+    python benchmarks/training_cost.py --recipes natural madry ssr --ssr-top-classes 2 3
     python benchmarks/training_cost.py --batches 5 --jacobian   # also compare ways to differentiate SSR's lambda_max
 """
 from __future__ import annotations
@@ -66,6 +69,19 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
+def variants(recipes: list[str], options: dict[str, dict], ssr_top_classes: list[int]) -> dict[str, tuple]:
+    """Timed label -> (recipe, options): ``ssr`` exact (``top_classes=0``) plus ``ssr top-m`` per m."""
+    out = {}
+    for recipe in recipes:
+        if recipe == "ssr":
+            out["ssr"] = ("ssr", {**options["ssr"], "top_classes": 0})
+            for m in ssr_top_classes:
+                out[f"ssr top-{m}"] = ("ssr", {**options["ssr"], "top_classes": m})
+        else:
+            out[recipe] = (recipe, options[recipe])
+    return out
+
+
 def make_stepper(recipe: str, options: dict, device):
     """One optimisation step of ``recipe`` on its own FashionCNN + Adam."""
     torch.manual_seed(0)
@@ -81,10 +97,11 @@ def make_stepper(recipe: str, options: dict, device):
     return step
 
 
-def time_recipes(options: dict[str, dict], batches: list, warmup: int, rounds: int, device) -> dict[str, float]:
-    """Mean seconds per batch of each recipe. The timed batches are split into ``rounds`` and the recipes take
-    turns round by round, so a change in machine load during the run hits every recipe alike."""
-    steppers = {r: make_stepper(r, o, device) for r, o in options.items()}
+def time_recipes(runs: dict[str, tuple], batches: list, warmup: int, rounds: int, device) -> dict[str, float]:
+    """Mean seconds per batch of each ``label -> (recipe, options)``. The timed batches are split into
+    ``rounds`` and the recipes take turns round by round, so a change in machine load during the run hits every
+    recipe alike."""
+    steppers = {label: make_stepper(r, o, device) for label, (r, o) in runs.items()}
     for step in steppers.values():
         for x, y in batches[:warmup]:
             step(x, y)
@@ -161,6 +178,8 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, default=None,
                         help="recipes take turns in this many rounds (default min(batches, 5))")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--ssr-top-classes", type=int, nargs="*", default=[2, 3],
+                        help="also time SSR with these top_classes (merged-class route; default 2 3)")
     parser.add_argument("--jacobian", action="store_true", help="also compare ways to differentiate SSR's lambda_max")
     args = parser.parse_args(argv)
     if args.batches < 1 or args.warmup < 0:
@@ -175,13 +194,22 @@ def main(argv=None) -> None:
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads; data: {source}")
     print(f"FashionCNN, batch {args.batch_size}, Adam; {args.batches} timed batches per recipe after "
           f"{args.warmup} warm-up, recipes taking turns in {rounds} rounds; epoch figures are EXTRAPOLATED to {per_epoch} batches (60,000 images)\n")
-    results = time_recipes({r: options[r] for r in args.recipes}, batches, args.warmup, rounds, device)
+    runs = variants(args.recipes, options, args.ssr_top_classes)
+    results = time_recipes(runs, batches, args.warmup, rounds, device)
     base = results.get("natural")
     print(f"{'recipe':13s} {'s/batch':>9s} {'s/epoch (extrap.)':>18s} {'x natural':>10s}  options")
-    for recipe, sec in results.items():
-        ratio = f"{sec / base:10.1f}" if base else f"{'n/a':>10s}"
-        opts = ", ".join(f"{k}={v}" for k, v in options[recipe].items())
-        print(f"{recipe:13s} {sec:9.4f} {sec * per_epoch:18.1f} {ratio}  {opts}")
+    for label, sec in results.items():
+        ratio = f"{sec / base:10.2f}" if base else f"{'n/a':>10s}"
+        opts = ", ".join(f"{k}={v}" for k, v in runs[label][1].items())
+        print(f"{label:13s} {sec:9.4f} {sec * per_epoch:18.1f} {ratio}  {opts}")
+    madry = results.get("madry")
+    if madry is not None:
+        madry_steps = runs["madry"][1]["steps"]
+    for label, sec in results.items():
+        if runs[label][0] == "ssr":
+            vs_madry = f"{label} / madry-{madry_steps} = {sec / madry:.2f}" if madry else "no madry timed"
+            vs_nat = f"{label} / natural = {sec / base:.2f}" if base else "no natural timed"
+            print(f"{vs_madry};  {vs_nat}")
     if args.jacobian:
         jacobian_comparison(batches[0], device)
 

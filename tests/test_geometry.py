@@ -173,3 +173,86 @@ def test_lambda_max_penalty_value_and_weight_gradient_match_eigvalsh_route(avera
     torch.testing.assert_close(lam, ref, rtol=1e-10, atol=1e-14)
     for a, b in zip(torch.autograd.grad(lam.mean(), params), ref_grads):
         torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-12)
+
+
+def _merged_reference(model, x, m, average_channels=False):
+    """lambda_max of the merged-class Hessian J^T B^T B J from its definition (eigvalsh through a create_graph
+    Jacobian; B's rows sqrt(p_k)(e_k - p) for the m most probable classes and sqrt(q)(p_rest / q - p)), and the
+    bound sum_{c not in S} p_c ||g_c - r||^2 on its shortfall."""
+    logits, jac = logit_jacobian(model, x, create_graph=True)
+    if average_channels:
+        jac = jac.mean(2)
+    p = logits.softmax(1)
+    order = p.argsort(1, descending=True)[:, :m]
+    kept = torch.zeros_like(p, dtype=torch.bool).scatter(1, order, True)
+    rest = p.masked_fill(kept, 0.0)
+    q = rest.sum(1, keepdim=True)
+    eye = torch.eye(p.shape[1], dtype=p.dtype)
+    rows = [p.gather(1, order[:, k:k + 1]).sqrt() * (eye[order[:, k]] - p) for k in range(m)]
+    rows.append(q.sqrt() * (rest / q - p))
+    b = torch.stack(rows, 1)                                              # (N, m + 1, C)
+    bj = b @ jac.flatten(2)
+    lam = torch.linalg.eigvalsh(bj @ bj.transpose(1, 2))[:, -1]
+    g = jac.flatten(2)
+    r = (rest.unsqueeze(2) * g).sum(1, keepdim=True) / q.unsqueeze(2)
+    bound = (rest * (g - r).pow(2).sum(2)).sum(1)
+    return lam, bound
+
+
+@pytest.mark.parametrize("average_channels", [False, True])
+@pytest.mark.parametrize("m", [1, 2, 3])
+def test_merged_class_penalty_matches_its_definition_and_bound(m, average_channels):
+    from smoothgeo.geometry import lambda_max_penalty
+
+    torch.manual_seed(8)
+    model = _tiny_conv().double()
+    x = 3 * torch.rand(6, 2, 6, 6, dtype=torch.float64)
+    params = list(model.parameters())
+    ref, bound = _merged_reference(model, x, m, average_channels)
+    ref_grads = torch.autograd.grad(ref.mean(), params)
+    _, lam = lambda_max_penalty(model, x, average_channels=average_channels, top_classes=m)
+    torch.testing.assert_close(lam, ref, rtol=1e-10, atol=1e-14)
+    for a, b in zip(torch.autograd.grad(lam.mean(), params), ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-12)
+    _, exact = lambda_max_penalty(model, x, average_channels=average_channels)
+    shortfall = (exact - lam).detach()
+    assert (shortfall >= -1e-12).all() and (shortfall <= bound.detach() + 1e-12).all()
+    assert (shortfall > 1e-9).any()  # a real approximation on this model, not the exact value by accident
+
+
+@pytest.mark.parametrize("average_channels", [False, True])
+def test_merged_class_penalty_with_one_class_left_out_is_exact(average_channels):
+    """m = C - 1 merges a single class: the exact value and weight gradient."""
+    from smoothgeo.geometry import lambda_max_penalty
+
+    torch.manual_seed(9)
+    model = _tiny_conv().double()
+    x = 3 * torch.rand(4, 2, 6, 6, dtype=torch.float64)
+    params = list(model.parameters())
+    _, exact = lambda_max_penalty(model, x, average_channels=average_channels)
+    _, merged = lambda_max_penalty(model, x, average_channels=average_channels, top_classes=4)
+    torch.testing.assert_close(merged, exact, rtol=1e-10, atol=1e-14)
+    for a, b in zip(torch.autograd.grad(merged.mean(), params), torch.autograd.grad(exact.mean(), params)):
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-12)
+    _, same = lambda_max_penalty(model, x, average_channels=average_channels, top_classes=5)  # m >= C: exact
+    torch.testing.assert_close(same, exact, rtol=0, atol=0)
+
+
+def test_merged_class_penalty_is_finite_for_one_hot_probabilities():
+    from smoothgeo.geometry import lambda_max_penalty
+
+    torch.manual_seed(10)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 4))
+    with torch.no_grad():
+        model[2].bias.copy_(torch.tensor([2000.0, 0.0, -5.0, 1.0]))  # p one-hot in float32 and float64
+    x = torch.rand(3, 4)
+    for m in (0, 1, 2):  # 0: the exact route (sqrt(p) at p = 0 once gave NaN weight gradients)
+        _, lam = lambda_max_penalty(model, x, top_classes=m)
+        grads = torch.autograd.grad(lam.sum(), list(model.parameters()), allow_unused=True)
+        assert torch.isfinite(lam).all() and (lam.abs() < 1e-6).all()
+        assert all(g is None or torch.isfinite(g).all() for g in grads)
+    with pytest.raises(ValueError, match="top_classes"):
+        lambda_max_penalty(model, x, top_classes=-1)
+    for m in (0, 1, 2):
+        with pytest.raises(ValueError, match="average_channels needs image"):
+            lambda_max_penalty(model, x, top_classes=m, average_channels=True)

@@ -40,7 +40,7 @@ from .geometry import evaluating, lambda_max_penalty
 __all__ = [
     "natural_loss", "weight_decay_loss", "madry_loss", "ig_norm_loss", "ssr_loss", "RECIPES", "OPTIONS",
     "check_options", "pgd_linf", "ig_of_loss", "fit", "evaluate_accuracy", "make_optimizer", "epoch_seed",
-    "OPTIMIZERS",
+    "OPTIMIZERS", "TOP_CLASSES",
 ]
 
 
@@ -140,16 +140,24 @@ def ig_norm_loss(model: nn.Module, x: Tensor, y: Tensor, *, epsilon: float = 0.1
     return loss, {"ce": ce.item(), "ig_norm": ig.item(), "acc": _accuracy(logits, y)}
 
 
+#: SSR's default ``top_classes`` (0 = exact lambda_max; m = merged-class route, see :func:`ssr_loss`)
+TOP_CLASSES = 0
+
+
 def ssr_loss(model: nn.Module, x: Tensor, y: Tensor, *, alpha: float = 0.3, scale: float = 1.0,
-             average_channels: bool = False) -> tuple[Tensor, dict]:
+             average_channels: bool = False, top_classes: int = TOP_CLASSES) -> tuple[Tensor, dict]:
     """SSR (Wang et al. 2020): ``(1 - alpha) CE + alpha * scale * mean_batch lambda_max(H_x CE)``.
 
-    lambda_max per image by :func:`smoothgeo.geometry.lambda_max_penalty`: one forward pass, C graph-free
-    backward passes for every image's Jacobian (batched over the batch), the exact C x C eigenproblem, and one
-    ``create_graph`` backward pass that makes the penalty differentiable w.r.t. the weights. The penalty
+    lambda_max per image by :func:`smoothgeo.geometry.lambda_max_penalty`. ``top_classes = 0``: the exact
+    route, one forward pass, C graph-free backward passes for every image's Jacobian (batched over the batch),
+    the exact C x C eigenproblem, and one ``create_graph`` backward pass that makes the penalty differentiable
+    w.r.t. the weights. ``top_classes = m`` (1 <= m < C): the merged-class route, each image's m most probable
+    classes kept and the rest merged into one class; m graph-free passes instead of C, the value never above
+    the exact lambda_max and short of it by at most the dropped within-rest gradient spread (bound and measured
+    errors in :func:`~smoothgeo.geometry.lambda_max_penalty` and ``benchmarks/ssr_error.py``). The penalty
     vanishes where ``p`` is near one-hot.
     """
-    logits, lam = lambda_max_penalty(model, x, average_channels=average_channels)
+    logits, lam = lambda_max_penalty(model, x, average_channels=average_channels, top_classes=top_classes)
     lam_max = lam.mean()
     ce = F.cross_entropy(logits, y)
     loss = (1 - alpha) * ce + alpha * scale * lam_max
@@ -172,7 +180,7 @@ OPTIONS: dict[str, dict[str, tuple]] = {
                 "ig_steps": (10, _I, 1, None, True), "steps": (3, _I, 1, None, True),
                 "step_size": (0.05, _F, 0.0, None, False), "random_start": (True, _B, None, None, True)},
     "ssr": {"alpha": (0.3, _F, 0.0, 1.0, True), "scale": (1.0, _F, 0.0, None, True),
-            "average_channels": (False, _B, None, None, True)},
+            "average_channels": (False, _B, None, None, True), "top_classes": (TOP_CLASSES, _I, 0, None, True)},
 }
 
 
