@@ -114,21 +114,27 @@ elif ! cmp -s "$params" "$prof"; then
 fi
 
 cd "$ws"
-# every output must resolve inside the workspace (never through a link into the repository)
+# every output must resolve inside the workspace (never through a link into the repository); the folders
+# that hold outputs are created (a fresh workspace has none, and papermill does not create its output folder)
 python - <<'EOF'
 import os, sys
 from dvc.repo import Repo
 
 ws = os.path.realpath(".")
-bad = []
+bad, folders = [], set()
 with Repo(".") as repo:
     for stage in repo.index.stages:
         for out in stage.outs:
-            real = os.path.realpath(os.path.join(ws, str(out.def_path)))
+            parts = str(out.def_path).split("/")
+            real = os.path.realpath(os.path.join(ws, *parts))
             if os.path.commonpath([ws, real]) != ws or any(
-                    os.path.islink(os.path.join(ws, *str(out.def_path).split("/")[:i + 1]))
-                    for i in range(len(str(out.def_path).split("/")))):
+                    os.path.islink(os.path.join(ws, *parts[:i + 1])) for i in range(len(parts))):
                 bad.append(f"{stage.addressing}: {out.def_path}")
+            elif len(parts) > 1:
+                folders.add(os.path.join(ws, *parts[:-1]))
+if not bad:
+    for folder in folders:
+        os.makedirs(folder, exist_ok=True)
 if bad:
     sys.exit("[repro] these stage outputs would be written into the repository through a workspace link, not "
              "into the workspace: " + ", ".join(bad) + ". Keep stage outputs under data/ or results/, or add their "
