@@ -3,28 +3,142 @@
 # `bash scripts/repro.sh PROFILE` (smoke, cifar10, flowers, imagenet) runs the same pipeline with
 # profiles/PROFILE.yaml in its own workspace runs/PROFILE/, so the committed default results stay untouched.
 # Extra arguments go to `dvc repro` (e.g. `bash scripts/repro.sh default robust_training`).
-source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+#
+# Profile workspaces (runs/PROFILE/) are separate DVC projects that hold only what is theirs:
+#   params.yaml         copied from profiles/PROFILE.yaml on the first run, then the workspace's own (see below)
+#   dvc.lock, data/, results/, .dvc/ (own cache, tmp, config.local with core.no_scm; .dvc/config links to ours)
+# Everything else (dvc.yaml, lib/, notebooks/, .dvcignore, ... every top-level entry of this checkout) is a
+# relative symlink into the repository, so stages run the repository's code and DVC hashes that code: nothing
+# is copied, a workspace never reads or writes another profile's (or the default run's) lock, results,
+# checkpoints or cache, and works with whatever dvc.yaml holds. Before running, every stage output of the
+# workspace is checked to resolve inside the workspace (a stage that would write through a symlink into the
+# repository stops the run with a message).
+# DVC then gives the rest: a rerun with nothing changed runs nothing; dvc.lock is updated after each stage, so
+# a killed run resumes with the stages it had not finished (DVC clears a dead run's own lock entries).
+#
+# Concurrency: the run holds an exclusive flock on <workspace>/.dvc/tmp/repro.sh.lock (the root's for the
+# default profile) for its whole duration, taken before anything else is touched; a second call for the same
+# workspace refuses at once (exit 75) and changes nothing. Different profiles may run at the same time.
+#
+# Workspace params: runs/PROFILE/.profile-base.yaml keeps the profile as last copied. If profiles/PROFILE.yaml
+# changes and the workspace's params.yaml is unedited, the new profile is copied in; if you edited
+# runs/PROFILE/params.yaml, your edits are kept and a note says the profile changed (delete the workspace's
+# params.yaml to start again from the profile).
+#
+# SMOOTHGEO_NO_SETUP=1 skips scripts/env.sh (environment set-up): dvc, python and papermill must then be on PATH.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+if [ -n "${SMOOTHGEO_NO_SETUP:-}" ]; then
+  cd "$ROOT"
+else
+  source "$ROOT/scripts/env.sh"
+fi
 profile=${1:-default}
 shift || true
+
+lock_or_refuse() {  # $1: lock file; holds fd 9 until this script (and the processes it starts) exit
+  exec 9>>"$1"
+  if ! flock -n 9; then
+    echo "[repro] another scripts/repro.sh run is using $(dirname "$(dirname "$(dirname "$1")")") (lock $1);" \
+         "nothing was changed. Wait for it to finish, or stop it first." >&2
+    exit 75
+  fi
+}
+
 if [ "$profile" = default ]; then
+  mkdir -p "$ROOT/.dvc/tmp"
+  lock_or_refuse "$ROOT/.dvc/tmp/repro.sh.lock"
   dvc repro "$@"
   if [ -f results/SUMMARY.md ]; then  # copy the generated tables and figure links into README.md
     python -m smoothgeo.summary --results results --out results/SUMMARY.md --readme README.md >/dev/null
   fi
   exit 0
 fi
+case "$profile" in
+  ""|*/*|.*) echo "invalid profile name '$profile'" >&2; exit 2 ;;
+esac
 if [ ! -f "profiles/$profile.yaml" ]; then
   echo "unknown profile '$profile': choose default or one of: $(ls profiles | sed 's/\.yaml$//' | tr '\n' ' ')" >&2
   exit 2
 fi
 ws="runs/$profile"
+mkdir -p "$ws/.dvc/tmp"
+lock_or_refuse "$ws/.dvc/tmp/repro.sh.lock"
 echo "[repro] profile $profile in workspace $ws"
-mkdir -p "$ws"
-# copy the project's files (tracked and new, not ignored) into the workspace; keep its outputs and cache
-git ls-files -co --exclude-standard -z | grep -zv '^runs/' | tar --null -T - -cf - | tar -xf - -C "$ws"
-tar -cf - .dvc/config | tar -xf - -C "$ws"
-cp "profiles/$profile.yaml" "$ws/params.yaml"
+
+# entries that belong to the workspace; every other top-level entry of the checkout is linked
+own=" params.yaml dvc.lock data results runs .dvc .git .venv .profile-base.yaml "
+if git -C "$ROOT" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+  entries=$(git -C "$ROOT" ls-files -co --exclude-standard | cut -d/ -f1 | sort -u)
+else
+  entries=$(ls -A "$ROOT")
+fi
+for e in $entries; do
+  case "$own" in *" $e "*) continue ;; esac
+  target="../../$e"
+  if [ -L "$ws/$e" ]; then
+    [ "$(readlink "$ws/$e")" = "$target" ] && continue
+    rm "$ws/$e"
+  elif [ -e "$ws/$e" ]; then
+    echo "[repro] $ws/$e exists and is not a link to the repository: $ws was made by an older repro.sh that" \
+         "copied the project (and the default run's dvc.lock and results) into it, or $e was put there by hand." \
+         "Move $ws away (or delete it) and run again; a workspace holds only params.yaml, dvc.lock, data/ and" \
+         "results/ of its own." >&2
+    exit 2
+  fi
+  ln -s "$target" "$ws/$e"
+done
+for l in "$ws"/* "$ws"/.[!.]*; do  # links to entries the repository no longer has
+  if [ -L "$l" ] && [ ! -e "$l" ] && case "$(readlink "$l")" in ../../*) true ;; *) false ;; esac; then rm "$l"; fi
+done
+[ -e .dvc/config ] && [ ! -e "$ws/.dvc/config" ] && ln -s ../../../.dvc/config "$ws/.dvc/config"
+[ -f "$ws/.dvc/config.local" ] || printf '[core]\n    no_scm = true\n' > "$ws/.dvc/config.local"
+[ -f "$ws/.dvc/.gitignore" ] || printf '/config.local\n/tmp\n/cache\n' > "$ws/.dvc/.gitignore"
+
+# params: the profile on first use; later only while the user has not edited the workspace's copy
+prof="profiles/$profile.yaml" params="$ws/params.yaml" base="$ws/.profile-base.yaml"
+if [ ! -f "$params" ]; then
+  cp "$prof" "$params.smoothgeo-tmp" && mv "$params.smoothgeo-tmp" "$params"
+  cp "$prof" "$base"
+elif ! cmp -s "$prof" "$base" 2>/dev/null; then
+  if [ -f "$base" ] && cmp -s "$params" "$base"; then
+    echo "[repro] $prof changed; updating $params from it"
+    cp "$prof" "$params.smoothgeo-tmp" && mv "$params.smoothgeo-tmp" "$params"
+    cp "$prof" "$base"
+  else
+    echo "[repro] note: $params has your edits and $prof has changed since it was copied; using your" \
+         "$params (to start again from the profile, delete it)" >&2
+  fi
+elif ! cmp -s "$params" "$prof"; then
+  echo "[repro] using your edited $params (differs from $prof; delete it to start again from the profile)"
+fi
+
 cd "$ws"
-dvc config --local core.no_scm true
+# every output must resolve inside the workspace (never through a link into the repository); the folders
+# that hold outputs are created (a fresh workspace has none, and papermill does not create its output folder)
+python - <<'EOF'
+import os, sys
+from dvc.repo import Repo
+
+ws = os.path.realpath(".")
+bad, folders = [], set()
+with Repo(".") as repo:
+    for stage in repo.index.stages:
+        for out in stage.outs:
+            parts = str(out.def_path).split("/")
+            real = os.path.realpath(os.path.join(ws, *parts))
+            if os.path.commonpath([ws, real]) != ws or any(
+                    os.path.islink(os.path.join(ws, *parts[:i + 1])) for i in range(len(parts))):
+                bad.append(f"{stage.addressing}: {out.def_path}")
+            elif len(parts) > 1:
+                folders.add(os.path.join(ws, *parts[:-1]))
+if not bad:
+    for folder in folders:
+        os.makedirs(folder, exist_ok=True)
+if bad:
+    sys.exit("[repro] these stage outputs would be written into the repository through a workspace link, not "
+             "into the workspace: " + ", ".join(bad) + ". Keep stage outputs under data/ or results/, or add their "
+             "top-level folder to 'own' in scripts/repro.sh.")
+EOF
 dvc repro "$@"
 echo "[repro] results of profile $profile are in $ws/results"

@@ -271,3 +271,61 @@ def test_real_fashion_mnist_if_installed():
     assert len(train) == 60000 and x.shape == (10000, 1, 28, 28)
     assert y.unique().tolist() == list(range(10)) and (torch.bincount(y) == 1000).all()
     assert 0.0 <= x.min() and x.max() <= 1.0
+
+
+class _RunsShell:
+    """Pickles into a call of os.system (what a crafted CIFAR batch could hold)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
+def test_cifar_reader_never_runs_code_from_a_crafted_batch(tmp_path, protocol):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    marker = tmp_path / "code-ran"
+    crafted = {b"data": _RunsShell(marker), b"labels": [0]}
+    (folder / "test_batch").write_bytes(pickle.dumps(crafted, protocol=protocol))
+    with pytest.raises(ValueError, match=r"test_batch.*refusing to load global (posix|os)\.system"):
+        data.load_dataset("cifar10", "test", root=tmp_path, download=False)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
+def test_cifar_reader_reads_real_batch_layout(tmp_path, protocol):
+    """The original batches (bytes keys, list labels, file names, uint8 array) pass the restricted unpickler."""
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    batch = {b"batch_label": b"testing batch 1 of 1", b"labels": [3, 9],
+             b"data": np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072) % 251,
+             b"filenames": [b"a.png", b"b.png"]}
+    (folder / "test_batch").write_bytes(pickle.dumps(batch, protocol=protocol))
+    x, y = data.load_tensors("cifar10", "test", root=tmp_path, download=False)
+    assert y.tolist() == [3, 9] and x.shape == (2, 3, 32, 32)
+
+
+def test_cifar_labels_out_of_range(tmp_path):
+    write_cifar_batch(tmp_path / "cifar-10-batches-py" / "test_batch", np.zeros((2, 32, 32, 3), np.uint8), [0, 10])
+    with pytest.raises(ValueError, match="labels are 0..9"):
+        data.load_dataset("cifar10", "test", root=tmp_path, download=False)
+
+
+def test_copied_files_get_ordinary_permissions(tmp_path):
+    import os
+    src = tmp_path / "src"
+    for split, (img, lab) in data.FASHION_FILES.items():
+        write_idx(src / img, np.zeros((2, 28, 28)))
+        write_idx(src / lab, np.zeros(2))
+    old = os.umask(0o022)
+    try:
+        folder = data.prepare("fashion_mnist", root=tmp_path / "raw", download=False, search_dirs=[src])
+    finally:
+        os.umask(old)
+    modes = {oct(p.stat().st_mode & 0o777) for p in folder.iterdir()}
+    assert modes == {"0o644"}
+    assert not list(folder.glob("*.smoothgeo-tmp"))

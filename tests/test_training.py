@@ -318,3 +318,42 @@ def test_cli_epochs_zero_saves_the_initial_model_without_training(cli):
     torch.manual_seed(PARAMS.get("seed", 0))
     model, meta = load_checkpoint(cli.tmp / "checkpoints" / "init_only.pt")
     assert meta["epochs"] == 0 and loader is smoothgeo.data.load_dataset
+
+
+# ------------------------------------------------------------------------- check_options ranges (issue 10)
+
+@pytest.mark.parametrize("recipe,options,match", [
+    ("weight_decay", {"weight_decay": 5.0}, r"weight_decay=5.0 is out of range; allowed: 0.0 <= weight_decay <= 0.1"),
+    ("madry", {"steps": 100000}, r"steps=100000 is out of range; allowed: 1 <= steps <= 1000"),
+    ("madry", {"step_size": 2.0}, r"step_size=2.0 is out of range"),
+    ("ig_norm", {"lam": 1e6}, r"lam=1000000.0 is out of range"),
+    ("ssr", {"scale": 1e9}, r"scale=1000000000.0 is out of range"),
+    ("ssr", {"alpha": float("nan")}, r"alpha=nan is out of range"),
+])
+def test_check_options_rejects_implausible_values(recipe, options, match):
+    from smoothgeo.training import check_options
+
+    with pytest.raises(ValueError, match=match):
+        check_options(recipe, options)
+
+
+def test_check_options_accepts_every_profile_value():
+    from pathlib import Path
+
+    from smoothgeo.train import resolve_config
+
+    root = Path(__file__).resolve().parents[1]
+    for path in [root / "params.yaml", *sorted((root / "profiles").glob("*.yaml"))]:
+        params = yaml.safe_load(path.read_text())
+        for kind in ("scratch", "finetune"):
+            for name in (params["train"].get(kind) or {}):
+                resolve_config(params, name)
+
+
+def test_lr_out_of_range_is_rejected_with_the_range(cli):
+    from smoothgeo.train import resolve_config
+
+    bad = json.loads(json.dumps(PARAMS))
+    bad["train"]["defaults"]["lr"] = 5.0
+    with pytest.raises(ValueError, match=r"lr=5.0 is invalid; allowed: a number with 0 < lr <= 1"):
+        resolve_config(bad, "natural")

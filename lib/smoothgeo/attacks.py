@@ -207,23 +207,55 @@ SCORES: dict[str, Callable[[Tensor, _Context], Tensor]] = {
 
 
 # ---------------------------------------------------------------------------------------------- validation
-def check_images(x: Tensor, y=None, *, name: str = "x") -> Tensor | None:
-    """Check ``x`` is a float (N, C, H, W) batch in [0, 1] and ``y`` one class per image; return ``y`` as long."""
+def check_images(x: Tensor, y=None, *, name: str = "x", model: nn.Module | None = None,
+                 num_classes: int | None = None) -> Tensor | None:
+    """Check ``x`` is a finite float (N, C, H, W) batch in [0, 1] and ``y`` one class per image; return ``y`` as long.
+
+    Args:
+        x: the images.
+        y: integer labels (N,) (any integer dtype; returned as int64), or None.
+        name: how error messages call ``x``.
+        model: when given, ``x`` must have the dtype and device of its parameters, and labels must be below
+            its number of classes (the ``out_features`` of its last ``nn.Linear``) unless ``num_classes`` is given.
+        num_classes: labels must lie in ``0 .. num_classes - 1``.
+    Raises:
+        ValueError naming the problem: wrong type/shape/dtype, empty batch, NaN or inf values, values outside
+        [0, 1], labels of the wrong dtype/shape or out of range, a dtype/device mismatch with ``model``.
+    """
     if not isinstance(x, Tensor) or x.dim() != 4 or not x.is_floating_point():
         raise ValueError(f"{name} must be a float tensor of images (N, C, H, W), got "
-                         f"{type(x).__name__} with shape {tuple(getattr(x, 'shape', ()))}")
+                         f"{type(x).__name__} with shape {tuple(getattr(x, 'shape', ()))}"
+                         + (f" and dtype {x.dtype}" if isinstance(x, Tensor) else ""))
     if x.shape[0] == 0:
         raise ValueError(f"{name} is an empty batch; pass at least one image")
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        bad = (~finite).flatten(1).any(1).nonzero().flatten().tolist()
+        raise ValueError(f"{name} holds NaN or infinite values in {len(bad)} image(s) (indices {bad[:10]}"
+                         f"{' ...' if len(bad) > 10 else ''}); attacks and attributions need finite pixels")
     lo, hi = float(x.min()), float(x.max())
     if lo < 0 or hi > 1:
         raise ValueError(f"{name} must lie in [0, 1] (normalisation belongs inside the model), "
                          f"got values in [{lo:.4g}, {hi:.4g}]")
+    p = next(model.parameters(), None) if model is not None else None
+    if p is not None and p.is_floating_point() and p.dtype != x.dtype:
+        raise ValueError(f"{name} is {x.dtype} but the model's parameters are {p.dtype}; convert the images "
+                         f"(e.g. {name}.to({p.dtype}))")
+    if p is not None and p.device != x.device:
+        raise ValueError(f"{name} is on {x.device} but the model is on {p.device}; move one of them")
     if y is None:
         return None
     y = torch.as_tensor(y, device=x.device)
-    if y.dim() != 1 or y.shape[0] != x.shape[0] or y.is_floating_point():
+    if y.dim() != 1 or y.shape[0] != x.shape[0] or y.is_floating_point() or y.dtype == torch.bool:
         raise ValueError(f"y must be integer class labels of shape ({x.shape[0]},), got dtype {y.dtype} and "
                          f"shape {tuple(y.shape)}")
+    if num_classes is None and model is not None:
+        last = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        num_classes = last[-1].out_features if last else None
+    y_lo, y_hi = int(y.min()), int(y.max())
+    if y_lo < 0 or (num_classes is not None and y_hi >= num_classes):
+        allowed = f"0..{num_classes - 1}" if num_classes is not None else ">= 0"
+        raise ValueError(f"y holds labels in [{y_lo}, {y_hi}]; allowed: {allowed}")
     return y.long()
 
 

@@ -43,16 +43,34 @@ def resolve_target(model: nn.Module, x: Tensor, target) -> Tensor:
             return model(x.detach()).argmax(1)
     if isinstance(target, int):
         return torch.full((n,), target, dtype=torch.long, device=x.device)
-    target = torch.as_tensor(target, device=x.device).long().reshape(-1)
+    target = torch.as_tensor(target, device=x.device)
+    if target.is_floating_point() or target.dtype == torch.bool:
+        raise ValueError(f"target must hold integer class indices, got dtype {target.dtype}")
+    target = target.long().reshape(-1)
     if target.numel() != n:
         raise ValueError(f"target has {target.numel()} entries but x has batch size {n}; pass one class per image")
+    if target.numel() and int(target.min()) < 0:
+        raise ValueError(f"target holds class index {int(target.min())}; class indices are >= 0")
     return target
 
 
-def _check_x(x: Tensor) -> None:
+def _check_x(x: Tensor, model: nn.Module | None = None) -> None:
+    """Inputs must be a batched float tensor of finite values, of the model's parameter dtype and device."""
     if not isinstance(x, Tensor) or x.dim() < 2:
         raise ValueError(f"x must be a batched tensor (N, ...), got {type(x).__name__} "
                          f"with shape {tuple(getattr(x, 'shape', ()))}")
+    if not x.is_floating_point():
+        raise ValueError(f"x must be a float tensor, got {x.dtype}; convert images with x.float() / 255 "
+                         f"(inputs live in [0, 1])")
+    p = next(model.parameters(), None) if model is not None else None
+    if p is not None and p.is_floating_point() and p.dtype != x.dtype:
+        raise ValueError(f"x is {x.dtype} but the model's parameters are {p.dtype}; convert one of them "
+                         f"(e.g. x.to({p.dtype}))")
+    if p is not None and p.device != x.device:
+        raise ValueError(f"x is on {x.device} but the model is on {p.device}; move one of them")
+    bad = int((~torch.isfinite(x.detach())).sum())
+    if bad:
+        raise ValueError(f"x holds {bad} NaN or infinite values; attributions need finite inputs")
 
 
 def _gradient(model: nn.Module, x: Tensor, target: Tensor, create_graph: bool) -> Tensor:
@@ -61,6 +79,9 @@ def _gradient(model: nn.Module, x: Tensor, target: Tensor, create_graph: bool) -
         x = x.detach().requires_grad_(True)
     with torch.enable_grad():
         logits = model(x)
+        if target.numel() and int(target.max()) >= logits.shape[1]:
+            raise ValueError(f"target holds class index {int(target.max())} but the model has {logits.shape[1]} "
+                             f"classes (0..{logits.shape[1] - 1})")
         selected = logits.gather(1, target.view(-1, 1)).sum()
         (grad,) = torch.autograd.grad(selected, x, create_graph=create_graph)
     return grad
@@ -77,7 +98,7 @@ def saliency(model: nn.Module, x: Tensor, target=None, *, create_graph: bool = F
     Returns:
         Tensor shaped like ``x``.
     """
-    _check_x(x)
+    _check_x(x, model)
     return _gradient(model, x, resolve_target(model, x, target), create_graph)
 
 
@@ -96,7 +117,7 @@ def integrated_gradients(model: nn.Module, x: Tensor, target=None, *, baseline: 
         ``(x - x0) * mean_i grad f_c(x0 + (i/m)(x - x0))``, shaped like ``x``. Sums to about
         ``f_c(x) - f_c(x0)`` (completeness).
     """
-    _check_x(x)
+    _check_x(x, model)
     if steps < 1:
         raise ValueError(f"IG steps must be >= 1, got {steps}")
     target = resolve_target(model, x, target)
@@ -131,7 +152,7 @@ def smooth_gradient(model: nn.Module, x: Tensor, target=None, *, sampler: NoiseS
     Returns:
         ``(1/n) sum_i grad f_c(x + z_i)``, shaped like ``x``.
     """
-    _check_x(x)
+    _check_x(x, model)
     if samples < 1:
         raise ValueError(f"number of noise samples must be >= 1, got {samples}")
     target = resolve_target(model, x, target)

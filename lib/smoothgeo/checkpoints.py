@@ -7,22 +7,35 @@ the RNG state and the configuration it was trained with, so an interrupted run c
 
 Every failure to load names the file and says what to do (re-create it with ``dvc repro`` / the training CLI,
 or delete it).
+
+Integrity: every file (format 2) carries ``"sha256"``, a digest of its whole content (every tensor's dtype,
+shape and bytes, and every plain value, walked in sorted key order; :func:`content_digest`), verified at load;
+a mismatch (bit flips, a file edited after writing) raises :class:`CheckpointError`. Format-1 files (no
+digest) still load, with a warning.
+
+Determinism: the archive is written to memory first under a fixed in-archive name (``torch.save`` to a file
+records the file's name, so the random temporary name made identical weights give different bytes), then
+written atomically; the same content gives the same bytes.
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import os
+import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .io import atomic_path
+from .io import atomic_write_bytes
 from .models import build_model
 
 __all__ = ["save_checkpoint", "load_checkpoint", "read_checkpoint", "save_partial", "load_partial",
-           "rng_state", "set_rng_state", "CheckpointError", "FORMAT"]
+           "rng_state", "set_rng_state", "CheckpointError", "FORMAT", "content_digest", "checkpoint_bytes"]
 
-FORMAT = 1
+FORMAT = 2
+_READABLE_FORMATS = (1, 2)
 
 
 class CheckpointError(RuntimeError):
@@ -35,9 +48,44 @@ def _remedy(path: Path) -> str:
             f"`python -m smoothgeo.train --name {name}`")
 
 
+def _update(h, obj) -> None:
+    """Feed ``obj`` (tensors, dicts, lists, tuples, str, numbers, bools, None) into hash ``h`` canonically."""
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    elif isinstance(obj, dict):
+        h.update(f"D{len(obj)}".encode())
+        for key in sorted(obj, key=repr):
+            h.update(f"K{key!r}".encode())
+            _update(h, obj[key])
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"{'L' if isinstance(obj, list) else 'U'}{len(obj)}".encode())
+        for item in obj:
+            _update(h, item)
+    elif obj is None or isinstance(obj, (str, bytes, bool, int, float)):
+        h.update(f"V{type(obj).__name__}:{obj!r}".encode())
+    else:
+        raise TypeError(f"a checkpoint may hold only tensors and plain values, got {type(obj).__name__}")
+
+
+def content_digest(obj: dict) -> str:
+    """sha256 (hex) of a checkpoint dict's content, its own ``"sha256"`` entry left out."""
+    h = hashlib.sha256()
+    _update(h, {k: v for k, v in obj.items() if k != "sha256"})
+    return h.hexdigest()
+
+
+def checkpoint_bytes(obj: dict) -> bytes:
+    """The bytes of ``torch.save(obj)`` with the fixed in-archive name (same content -> same bytes)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
 def _save(path, obj) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    obj = {**obj, "sha256": content_digest(obj)}
+    atomic_write_bytes(path, checkpoint_bytes(obj))
 
 
 def read_checkpoint(path, *, map_location="cpu") -> dict:
@@ -53,9 +101,25 @@ def read_checkpoint(path, *, map_location="cpu") -> dict:
         raise CheckpointError(f"checkpoint {path} is corrupted or truncated and cannot be read "
                               f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
                               f"{_remedy(path)}") from exc
-    if not isinstance(obj, dict) or obj.get("format") != FORMAT or "state_dict" not in obj:
+    if not isinstance(obj, dict) or obj.get("format") not in _READABLE_FORMATS or "state_dict" not in obj:
         raise CheckpointError(f"{path} is not a smoothgeo checkpoint (format {FORMAT}: a dict with 'state_dict', "
                               f"'arch', 'meta'); {_remedy(path)}")
+    recorded = obj.get("sha256")
+    if recorded is None:
+        if obj.get("format", 0) >= 2:
+            raise CheckpointError(f"checkpoint {path} has lost its sha256 entry, so its integrity cannot be "
+                                  f"checked; {_remedy(path)}")
+        warnings.warn(f"checkpoint {path} was written by an older smoothgeo (format 1) without a checksum; its "
+                      f"integrity is not checked (re-create it to add one)", stacklevel=2)
+        return obj
+    try:
+        actual = content_digest(obj)
+    except TypeError as exc:
+        raise CheckpointError(f"checkpoint {path} holds unexpected content ({exc}); {_remedy(path)}") from exc
+    if actual != recorded:
+        raise CheckpointError(f"checkpoint {path} failed its integrity check: the sha256 of its content is "
+                              f"{actual[:16]}..., the file records {str(recorded)[:16]}... (the file was changed "
+                              f"or corrupted after it was written); {_remedy(path)}")
     return obj
 
 

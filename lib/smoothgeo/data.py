@@ -7,7 +7,9 @@ model. Raw files live under ``<root>/<folder>`` (``root`` defaults to ``data/raw
   then the folders in ``$SMOOTHGEO_DATA_DIRS`` (``os.pathsep``-separated), then ``/usr/share/datasets/fashion-mnist``
   (Debian package ``dataset-fashion-mnist``); ``search_dirs=[...]`` replaces the last two. If none has them,
   they are downloaded into ``<root>/fashion-mnist`` from the canonical S3 mirror.
-* ``cifar10``: the ``cifar-10-batches-py`` pickles (own reader, no md5 check); download via torchvision.
+* ``cifar10``: the ``cifar-10-batches-py`` pickles (own reader, no md5 check; a restricted unpickler that builds
+  only dicts, lists, strings, numbers and numpy arrays, so a crafted file cannot run code); download via
+  torchvision.
 * ``flowers102``: ``<root>/flowers-102/{jpg/, imagelabels.mat, setid.mat}``; download via torchvision.
 * ``imagenet``: ``<root>/imagenet/val/<class>/<image>`` (ImageFolder layout, class folders sorted give the
   label indices, so wnid-named folders match torchvision's pretrained models). Never downloaded (licence).
@@ -177,13 +179,11 @@ def _fetch(url: str, dest: Path) -> None:
         with urllib.request.urlopen(url, timeout=60) as resp, open(tmp, "wb") as out:
             shutil.copyfileobj(resp, out)
         read_idx(tmp)  # verify the magic number before the file appears under its real name
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600
 
 
 def _copy(src: Path, dest: Path) -> None:
     with atomic_path(dest) as tmp:
         shutil.copyfile(src, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600
 
 
 def _find_fashion(root, search_dirs, download, *, verbose: bool = False) -> Path:
@@ -260,22 +260,55 @@ def _ensure_folder(name: str, root, download, required) -> Path:
                             f"To get it: run {how}, or place the files there yourself.")
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickler for CIFAR-10 python batches: no global except the numpy array/dtype constructors.
+
+    The batches hold a dict of bytes/str keys, a list of int labels, a list of file names and one uint8 numpy
+    array; building those needs ``numpy.core.multiarray._reconstruct``, ``numpy.ndarray``, ``numpy.dtype``
+    (``numeric._frombuffer`` at protocol 5, ``_codecs.encode`` for byte strings written by Python 3 at protocol 2). Anything else (``os.system``,
+    ``builtins.eval``, ...) is refused before it can be called.
+    """
+
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+                ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load global {module}.{name} (a CIFAR-10 batch holds only "
+                                     f"dicts, lists and numpy arrays)")
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(data uint8 (N, 3072), labels int64 (N,))`` of one CIFAR-10 python batch, read without running code."""
+    with open(path, "rb") as fh:
+        batch = _CifarUnpickler(fh, encoding="bytes").load()
+    if not isinstance(batch, dict):
+        raise ValueError(f"it holds a {type(batch).__name__}, not a dict")
+    data, lab = batch.get(b"data", batch.get("data")), batch.get(b"labels", batch.get("labels"))
+    if not isinstance(data, np.ndarray) or data.dtype == object:
+        raise ValueError(f"'data' is a {type(data).__name__}, not a numeric numpy array")
+    if not isinstance(lab, (list, np.ndarray)) or not all(isinstance(v, (int, np.integer)) for v in lab):
+        raise ValueError("'labels' is not a list of integers")
+    return np.asarray(data, dtype=np.uint8), np.asarray(lab, dtype=np.int64)
+
+
 def _load_cifar(split, root, download) -> InMemoryImages:
     names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
     folder = _ensure_folder("cifar10", root, download, names)
     images, labels = [], []
     for n in names:
         try:
-            with open(folder / n, "rb") as fh:
-                batch = pickle.load(fh, encoding="bytes")
-            data = np.asarray(batch.get(b"data", batch.get("data")), dtype=np.uint8)
-            lab = np.asarray(batch.get(b"labels", batch.get("labels")), dtype=np.int64)
+            data, lab = _read_cifar_batch(folder / n)
         except Exception as exc:
             raise ValueError(f"{folder / n} is not a CIFAR-10 python batch ({exc}); delete the folder and "
                              f"fetch it again") from exc
         if data.ndim != 2 or data.shape[1] != 3072 or len(lab) != len(data):
             raise ValueError(f"{folder / n}: data has shape {data.shape} and {len(lab)} labels; expected "
                              f"(N, 3072) uint8 and N labels")
+        if lab.size and (lab.min() < 0 or lab.max() >= 10):
+            raise ValueError(f"{folder / n} has labels in [{lab.min()}, {lab.max()}]; CIFAR-10 labels are 0..9")
         images.append(data.reshape(-1, 3, 32, 32))  # rows are 1024 red, 1024 green, 1024 blue, row-major
         labels.append(lab)
     return InMemoryImages(torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels)))

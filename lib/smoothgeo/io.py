@@ -1,34 +1,104 @@
 """Atomic file writing and safe loading: an interrupted run never leaves a half-written output behind.
 
-Every writer goes to a temporary file in the destination folder and ``os.replace``s it into place.
+Every writer goes to a temporary file in the destination folder and ``os.replace``s it into place. Temporary
+files are named ``.<name>.<pid>.<random>`` + :data:`TEMP_SUFFIX` (``.smoothgeo-tmp``), so ``.dvcignore`` can
+exclude them (pattern ``*.smoothgeo-tmp``) and a later run can recognise and remove one left behind by a
+killed process (:func:`remove_stale_temps`; :func:`atomic_path` does it for its own destination). Files are
+created with the ordinary permissions (``0o666`` minus the umask, e.g. 0644), not mkstemp's 0600.
 """
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "atomic_write_text", "atomic_write_json", "atomic_write_csv", "read_json",
-           "load_params"]
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_write_csv",
+           "read_json", "load_params", "remove_stale_temps", "TEMP_SUFFIX", "ConfigError"]
+
+#: Suffix of every temporary file written by :func:`atomic_path` (``.dvcignore`` pattern ``*.smoothgeo-tmp``).
+TEMP_SUFFIX = ".smoothgeo-tmp"
+
+
+class ConfigError(ValueError):
+    """A parameter file is not valid YAML or not a mapping (a ValueError, so CLIs report it in one line)."""
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temps(folder, name: str | None = None) -> list[Path]:
+    """Remove temporary files of :func:`atomic_path` in ``folder`` whose writing process no longer runs.
+
+    Args:
+        folder: the folder to clean (missing: nothing to do).
+        name: only temporaries of destination file ``name`` (default: all of them).
+    Returns:
+        The removed paths.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    pattern = f".{name}.*{TEMP_SUFFIX}" if name is not None else f".*{TEMP_SUFFIX}"
+    for tmp in folder.glob(pattern):
+        parts = tmp.name[: -len(TEMP_SUFFIX)].rsplit(".", 2)
+        try:
+            pid = int(parts[-2])
+        except (ValueError, IndexError):
+            continue
+        if _pid_alive(pid) and pid != os.getpid():
+            continue  # another process may still be writing it
+        try:
+            tmp.unlink()
+            removed.append(tmp)
+        except FileNotFoundError:
+            pass
+    return removed
 
 
 @contextmanager
 def atomic_path(path: str | os.PathLike):
-    """Yield a temporary path next to ``path``; on success it replaces ``path``, on error it is removed."""
+    """Yield a temporary path next to ``path``; on success it replaces ``path``, on error it is removed.
+
+    The temporary file exists (empty, mode 0666 minus the umask) when the block starts; writers may reopen it.
+    Temporaries of ``path`` left by killed processes are removed first. The data is flushed to disk before
+    the rename, so after a crash ``path`` holds either the old or the new content.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    remove_stale_temps(path.parent, path.name)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
-        yield Path(tmp)
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
 
 
 def atomic_write_text(path, text: str) -> None:
@@ -67,11 +137,29 @@ def read_json(path) -> Any:
 
 
 def load_params(path="params.yaml") -> dict:
-    """Read a params.yaml (the DVC parameter file) into a dict, with a clear error if it is missing."""
+    """Read a params.yaml (the DVC parameter file) into a dict.
+
+    Raises:
+        FileNotFoundError: the file is missing.
+        ConfigError (a ValueError): the file is not valid YAML (line and column named) or is not a
+            mapping.
+    """
     import yaml
 
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"parameter file {path} not found; run from the repository root or pass its path")
-    with open(path) as fh:
-        return yaml.safe_load(fh) or {}
+    try:
+        with open(path) as fh:
+            params = yaml.safe_load(fh)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"parameter file {path} is not valid YAML{at}: {what}; fix the file") from None
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise ConfigError(f"parameter file {path} must hold a mapping (key: value lines), got "
+                          f"{type(params).__name__}")
+    return params

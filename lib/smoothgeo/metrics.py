@@ -3,14 +3,27 @@
 Every metric takes two (N, H, W) maps (any trailing shape works: maps are flattened per image) and returns an
 (N,) tensor on their device. Rank correlations treat ties as scipy does: Kendall's tau-b
 (``scipy.stats.kendalltau``'s default) and Spearman's rho on average ranks (``scipy.stats.spearmanr``).
+
+Degenerate pairs: where either map is constant (an all-zero map included, e.g. the gradient x input map of a
+black image) or holds a non-finite value, there is no ranking, no top-k set and no centre of mass to compare,
+so every metric is NaN for that image (never a number that looks real: two identical all-zero maps would
+otherwise get top-k 0.12 from arbitrary tie-breaking, a dislocation of many pixels and cosine distance 1). Each
+call that meets such pairs issues a :class:`DegenerateMapWarning` with their count; downstream summaries must
+count NaN rows rather than average them away.
 """
 from __future__ import annotations
+
+import warnings
 
 import torch
 from torch import Tensor
 
 __all__ = ["topk_intersection", "kendall_tau", "spearman_rho", "mass_center", "mass_center_dislocation",
-           "cosine_distance", "rank_average", "METRICS"]
+           "cosine_distance", "rank_average", "degenerate_pairs", "DegenerateMapWarning", "METRICS"]
+
+
+class DegenerateMapWarning(UserWarning):
+    """Some map pairs were constant (e.g. all zero) or non-finite; their metric is NaN."""
 
 
 def _pair(m1: Tensor, m2: Tensor) -> tuple[Tensor, Tensor]:
@@ -21,6 +34,25 @@ def _pair(m1: Tensor, m2: Tensor) -> tuple[Tensor, Tensor]:
     return m1.flatten(1), m2.flatten(1)
 
 
+def degenerate_pairs(m1: Tensor, m2: Tensor) -> Tensor:
+    """(N,) bool: either map of the pair is constant (all zero included) or holds a NaN/inf."""
+    a, b = _pair(m1, m2)
+    bad = torch.zeros(a.shape[0], dtype=torch.bool, device=a.device)
+    for t in (a, b):
+        bad |= ~torch.isfinite(t).all(1) | (t.amax(1) == t.amin(1))
+    return bad
+
+
+def _nan_where_degenerate(value: Tensor, m1: Tensor, m2: Tensor, metric: str) -> Tensor:
+    bad = degenerate_pairs(m1, m2)
+    n_bad = int(bad.sum())
+    if n_bad:
+        warnings.warn(f"{metric}: {n_bad} of {bad.numel()} map pairs have a constant (e.g. all-zero) or non-finite "
+                      f"map; their {metric} is NaN", DegenerateMapWarning, stacklevel=3)
+        value = value.masked_fill(bad, float("nan"))
+    return value
+
+
 def topk_intersection(m1: Tensor, m2: Tensor, k: int) -> Tensor:
     """Fraction of the k largest entries of ``m1`` that are also among the k largest of ``m2``; (N,)."""
     a, b = _pair(m1, m2)
@@ -29,7 +61,7 @@ def topk_intersection(m1: Tensor, m2: Tensor, k: int) -> Tensor:
     mask = torch.zeros_like(a, dtype=torch.bool)
     mask.scatter_(1, a.topk(k, dim=1).indices, True)
     hits = mask.gather(1, b.topk(k, dim=1).indices)
-    return hits.float().sum(1) / k
+    return _nan_where_degenerate(hits.float().sum(1) / k, m1, m2, "top-k intersection")
 
 
 def rank_average(v: Tensor) -> Tensor:
@@ -59,7 +91,8 @@ def _pearson(a: Tensor, b: Tensor) -> Tensor:
 def spearman_rho(m1: Tensor, m2: Tensor) -> Tensor:
     """Spearman's rank correlation over all pixels, average ranks for ties; (N,) float64 -> input dtype."""
     a, b = _pair(m1, m2)
-    return _pearson(rank_average(a.double()), rank_average(b.double())).to(m1.dtype)
+    rho = _pearson(rank_average(a.double()), rank_average(b.double())).to(m1.dtype)
+    return _nan_where_degenerate(rho, m1, m2, "Spearman rho")
 
 
 def kendall_tau(m1: Tensor, m2: Tensor, *, max_elements: int = 2 ** 24) -> Tensor:
@@ -85,7 +118,7 @@ def kendall_tau(m1: Tensor, m2: Tensor, *, max_elements: int = 2 ** 24) -> Tenso
     t1 = (ta - p) / 2
     t2 = (tb - p) / 2
     tau = (s / 2) / torch.sqrt((n0 - t1) * (n0 - t2))
-    return tau.to(m1.dtype)
+    return _nan_where_degenerate(tau.to(m1.dtype), m1, m2, "Kendall tau")
 
 
 def mass_center(m: Tensor) -> Tensor:
@@ -100,16 +133,17 @@ def mass_center(m: Tensor) -> Tensor:
 
 
 def mass_center_dislocation(m1: Tensor, m2: Tensor) -> Tensor:
-    """Euclidean distance in pixels between the maps' centres of mass; (N,)."""
+    """Euclidean distance in pixels between the maps' centres of mass; (N,) (NaN for degenerate pairs)."""
     _pair(m1, m2)
-    return (mass_center(m1) - mass_center(m2)).norm(dim=1)
+    return _nan_where_degenerate((mass_center(m1) - mass_center(m2)).norm(dim=1), m1, m2, "mass-centre dislocation")
 
 
 def cosine_distance(m1: Tensor, m2: Tensor, eps: float = 1e-12) -> Tensor:
     """``1 - cos(m1, m2)`` between the flattened maps, in [0, 2]; (N,)."""
     a, b = _pair(m1, m2)
     # clamped: rounding can give -1e-7 for identical maps
-    return (1 - (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(eps)).clamp(0.0, 2.0)
+    dist = (1 - (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(eps)).clamp(0.0, 2.0)
+    return _nan_where_degenerate(dist, m1, m2, "cosine distance")
 
 
 #: metric name -> (function, needs k). Used by the evaluation engine; ``higher_is_similar`` tells the direction.

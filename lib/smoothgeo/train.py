@@ -12,15 +12,32 @@ run; every other key is an option of the recipe (see ``smoothgeo.training.OPTION
 ``data.train_limit`` / ``data.test_limit`` images drawn with the seed.
 
 After every epoch the training state goes atomically to ``<checkpoints>/NAME.partial.pt``; a new run with the
-same configuration (the epoch count aside) continues from it, and a partial from another configuration is
-ignored with a warning. At the end ``<checkpoints>/NAME.pt`` and the record (keys :data:`RECORD_KEYS`) are
-written atomically and the partial is removed.
+same configuration (the epoch count included: a partial of a 3-epoch run is never finished as a 1-epoch one)
+continues from it, and a partial from another configuration is discarded with a message naming the settings
+that differ. At the end ``<checkpoints>/NAME.pt`` and the record (keys :data:`RECORD_KEYS`) are written
+atomically and the partial is removed. Temporary files of killed writers (``*.smoothgeo-tmp``) in the
+checkpoint folder are removed at the start.
+
+Allowed ranges (anything else is refused with the range): ``lr`` in (0, 1] (Adam is typically used at 1e-4 ..
+1e-2, SGD up to about 0.5; 1 is already far beyond what any recipe here trains with), ``epochs`` 0 .. 10000,
+``batch_size`` 1 .. 65536; recipe options as in ``smoothgeo.training.OPTIONS``.
+
+Determinism: ``torch.use_deterministic_algorithms(True, warn_only=True)`` is on during training (with
+``CUBLAS_WORKSPACE_CONFIG=:4096:8`` on CUDA), every random draw is seeded, and checkpoints are written with
+deterministic bytes, so the same machine, seed and thread count give byte-identical checkpoints. Records hold
+wall-clock timings, which differ between runs. Across CPUs with different vector units (AVX2 vs AVX-512) the
+kernels oneDNN/ATen dispatch to differ and so do the last bits of reductions.
+
+Errors in the configuration (unknown run, a value out of range, broken YAML, a device that does not exist) end
+the CLI with exit code 2 and one line on stderr, no traceback.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
 import json
+import os
+import re
 import sys
 from pathlib import Path
 
@@ -29,7 +46,7 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sequential
 
 from . import __version__
 from . import checkpoints as ckpt
-from .io import atomic_write_json, load_params
+from .io import atomic_write_json, load_params, remove_stale_temps
 from .models import ARCHITECTURES, build_model
 from .training import OPTIMIZERS, RECIPES, check_options, evaluate_accuracy, fit
 
@@ -80,14 +97,14 @@ def resolve_config(params: dict, name: str) -> dict:
     recipe = entry["recipe"]
     _check(recipe in RECIPES, "recipe", recipe, f"one of {sorted(RECIPES)}")
     _check(entry["arch"] in ARCHITECTURES, "arch", entry["arch"], f"one of {sorted(ARCHITECTURES)}")
-    _check(_is_int(entry["epochs"]) and entry["epochs"] >= 0, "epochs", entry["epochs"],
-           "an integer >= 0 (0: no training, e.g. a pretrained model)")
+    _check(_is_int(entry["epochs"]) and 0 <= entry["epochs"] <= 10000, "epochs", entry["epochs"],
+           "an integer >= 0 and <= 10000 (0: no training, e.g. a pretrained model)")
     _check(entry["pretrained"] in (False, True) and (not entry["pretrained"] or entry["arch"] == "resnet50"),
            "pretrained", entry["pretrained"], "false, or true with arch resnet50 (torchvision's ImageNet weights)")
-    _check(isinstance(entry["lr"], (int, float)) and not isinstance(entry["lr"], bool) and 0 < entry["lr"] < 10,
-           "lr", entry["lr"], "a number with 0 < lr < 10")
-    _check(_is_int(entry["batch_size"]) and entry["batch_size"] >= 1, "batch_size", entry["batch_size"],
-           "an integer >= 1")
+    _check(isinstance(entry["lr"], (int, float)) and not isinstance(entry["lr"], bool) and 0 < entry["lr"] <= 1,
+           "lr", entry["lr"], "a number with 0 < lr <= 1 (Adam typically 1e-4 .. 1e-2, SGD up to about 0.5)")
+    _check(_is_int(entry["batch_size"]) and 1 <= entry["batch_size"] <= 65536, "batch_size", entry["batch_size"],
+           "an integer >= 1 and <= 65536")
     _check(entry["optimizer"] in OPTIMIZERS, "optimizer", entry["optimizer"], f"one of {list(OPTIMIZERS)}")
     _check(entry["max_batches"] is None or (_is_int(entry["max_batches"]) and entry["max_batches"] >= 1),
            "max_batches", entry["max_batches"], "null or an integer >= 1")
@@ -109,11 +126,28 @@ def resolve_config(params: dict, name: str) -> dict:
             "recipe": recipe, "options": options, "data": data}
 
 
+_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
+
+
 def resolve_device(device: str = "auto") -> torch.device:
-    """``auto``: the first CUDA device when there is one, else the CPU; otherwise ``torch.device(device)``."""
+    """``auto``: the first CUDA device when there is one, else the CPU; otherwise ``torch.device(device)``.
+
+    Raises:
+        ValueError: not one of auto, cpu, cuda, cuda:N, mps, or a CUDA device that is not available.
+    """
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    if not isinstance(device, str) or not _DEVICE.match(device):
+        raise ValueError(f"device {device!r} is not valid; use auto, cpu, cuda, cuda:N or mps")
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but CUDA is not available here; use auto or cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r} does not exist: {torch.cuda.device_count()} CUDA device(s) visible")
+    if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ValueError(f"device {device!r} requested but MPS is not available here; use auto or cpu")
+    return dev
 
 
 def _subset_indices(n: int, limit, seed: int) -> torch.Tensor:
@@ -169,10 +203,34 @@ def _sha256(path: Path) -> str:
 
 
 def _fingerprint(config: dict, init_sha: str | None) -> dict:
-    """What a partial must share with the current run to be continued (the epoch count may differ)."""
+    """What a partial must share with the current run to be continued: every setting, the epoch count included
+    (a run killed in epoch 2 of 3 and resumed with ``epochs: 1`` would otherwise write a 2-epoch model labelled
+    1 epoch) and the init checkpoint's hash."""
     data = {k: v for k, v in config["data"].items() if k != "root"}
-    keep = {k: v for k, v in config.items() if k not in ("epochs", "data")}
+    keep = {k: v for k, v in config.items() if k != "data"}
     return json.loads(json.dumps({**keep, "data": data, "init_sha256": init_sha}, sort_keys=True))
+
+
+def _differences(old, new) -> list[str]:
+    """Names of the top-level settings (data.* expanded) that differ between two fingerprints."""
+    if not isinstance(old, dict):
+        return ["(unreadable configuration)"]
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if key == "data" and isinstance(a, dict) and isinstance(b, dict):
+            out += [f"data.{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        elif a != b:
+            out.append(f"{key}: {a!r} -> {b!r}")
+    return out
+
+
+def _deterministic(dev: torch.device) -> None:
+    """Deterministic kernels where torch has them (warn, not fail, where it does not)."""
+    if dev.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def run(config: dict, *, checkpoints="data/checkpoints", record=None, device="auto", progress: bool = True) -> dict:
@@ -185,8 +243,11 @@ def run(config: dict, *, checkpoints="data/checkpoints", record=None, device="au
 
     name, seed = config["name"], config["seed"]
     dev = resolve_device(device)
+    _deterministic(dev)
     checkpoints = Path(checkpoints)
     final_path, partial_path = checkpoints / f"{name}.pt", checkpoints / f"{name}.partial.pt"
+    for stale in remove_stale_temps(checkpoints):
+        print(f"removed {stale}, a temporary file left by an interrupted write", file=sys.stderr)
     dcfg = config["data"]
     test_ds = data_mod.load_dataset(dcfg["dataset"], "test", root=dcfg["root"])
     # epochs 0 (a pretrained model, e.g. ImageNet's ResNet-50) needs no training split
@@ -219,15 +280,17 @@ def run(config: dict, *, checkpoints="data/checkpoints", record=None, device="au
               file=sys.stderr)
         partial = None
     if partial is not None:
-        if partial.get("config") == fingerprint:
+        if partial.get("config") == fingerprint and int(partial["epoch"]) <= config["epochs"]:
             model.load_state_dict(partial["state_dict"])
-            start_epoch, history = min(int(partial["epoch"]), config["epochs"]), list(partial["history"])
+            start_epoch, history = int(partial["epoch"]), list(partial["history"])
             optimizer_state = partial["optimizer"]
             ckpt.set_rng_state(partial["rng"])
             print(f"resuming {name} from {partial_path} after epoch {start_epoch}", file=sys.stderr)
         else:
-            print(f"warning: {partial_path} was written with a different configuration; ignoring it and "
+            diff = "; ".join(_differences(partial.get("config"), fingerprint)) or "epoch count beyond this run"
+            print(f"warning: {partial_path} was written with a different configuration ({diff}); discarding it and "
                   f"training {name} from the start", file=sys.stderr)
+            partial_path.unlink(missing_ok=True)
     resumed_from = start_epoch
 
     train_loader = _loader(train_ds, train_idx, config["batch_size"], shuffle=True) if config["epochs"] else []
@@ -290,9 +353,15 @@ def main(argv=None) -> dict:
     return run(config, checkpoints=args.checkpoints, record=record, device=device, progress=not args.quiet)
 
 
-if __name__ == "__main__":
+def cli(argv=None) -> int:
+    """:func:`main` for the command line: configuration and input errors are one line on stderr, exit code 2."""
     try:
-        main()
-    except (ValueError, FileNotFoundError, ckpt.CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        main(argv)
+    except (ValueError, FileNotFoundError, ckpt.CheckpointError, FloatingPointError) as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

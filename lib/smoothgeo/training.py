@@ -169,18 +169,22 @@ RECIPES: dict[str, Callable[..., tuple[Tensor, dict]]] = {
     "ssr": ssr_loss,
 }
 
-# option -> (default, type, low, high, low_inclusive); None = unbounded
+# option -> (default, type, low, high, low_inclusive); None = unbounded. The upper bounds reject implausible
+# values (typos such as 5e2 for 5e-2) while leaving a wide margin above anything the papers use: weight decay
+# <= 0.1, step sizes <= 1 and epsilon <= 1 (pixel units, inputs in [0, 1]), attack/IG steps <= 1000,
+# IG-NORM lambda <= 1e4, SSR scale <= 1e4 (the paper's largest is 100s).
 _F, _I, _B = float, int, bool
 OPTIONS: dict[str, dict[str, tuple]] = {
     "natural": {},
-    "weight_decay": {"weight_decay": (5e-4, _F, 0.0, None, True)},
-    "madry": {"epsilon": (0.1, _F, 0.0, 1.0, False), "step_size": (0.02, _F, 0.0, None, False),
-              "steps": (7, _I, 1, None, True), "random_start": (True, _B, None, None, True)},
-    "ig_norm": {"epsilon": (0.1, _F, 0.0, 1.0, False), "lam": (1.0, _F, 0.0, None, True),
-                "ig_steps": (10, _I, 1, None, True), "steps": (3, _I, 1, None, True),
-                "step_size": (0.05, _F, 0.0, None, False), "random_start": (True, _B, None, None, True)},
-    "ssr": {"alpha": (0.3, _F, 0.0, 1.0, True), "scale": (1.0, _F, 0.0, None, True),
-            "average_channels": (False, _B, None, None, True), "top_classes": (TOP_CLASSES, _I, 0, None, True)},
+    "weight_decay": {"weight_decay": (5e-4, _F, 0.0, 0.1, True)},
+    "madry": {"epsilon": (0.1, _F, 0.0, 1.0, False), "step_size": (0.02, _F, 0.0, 1.0, False),
+              "steps": (7, _I, 1, 1000, True), "random_start": (True, _B, None, None, True)},
+    "ig_norm": {"epsilon": (0.1, _F, 0.0, 1.0, False), "lam": (1.0, _F, 0.0, 1e4, True),
+                "ig_steps": (10, _I, 1, 1000, True), "steps": (3, _I, 1, 1000, True),
+                "step_size": (0.05, _F, 0.0, 1.0, False), "random_start": (True, _B, None, None, True)},
+    "ssr": {"alpha": (0.3, _F, 0.0, 1.0, True), "scale": (1.0, _F, 0.0, 1e4, True),
+            "average_channels": (False, _B, None, None, True),
+            "top_classes": (TOP_CLASSES, _I, 0, 1000, True)},
 }
 
 
