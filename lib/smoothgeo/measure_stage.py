@@ -37,7 +37,7 @@ lambda_max_over_grad_logit2, lambda_max_over_grad_loss2, lipschitz_{random,adver
 adversarial ones: the larger of the random estimate and ``adversarial_samples`` PGD climbs), and
 with a bound setting whose record exists: bound_setting, bound_delta_norm, bound_linf, bound_grad_change,
 bound_predicted_grad_change, bound_within_bound, bound_relative_grad_change, bound_map_change,
-bound_predicted_map_change, bound_map_within_bound (NaN for images the attack did not perturb). Definitions:
+bound_predicted_map_change, bound_map_within_bound (NaN for images the record lacks or left unperturbed). Definitions:
 :mod:`smoothgeo.geometry`.
 """
 from __future__ import annotations
@@ -197,10 +197,11 @@ def _add_bound(frame, model, x, record, lip, cfg) -> pd.DataFrame:
                      convention=cfg["convention"])
     names = ["delta_norm", "linf", *[k for k in out if k != "delta_norm"]]
     cols = {f"bound_{k}": np.full(len(frame), np.nan) for k in names}
-    rows = idx.numpy()
-    cols["bound_linf"][rows] = _cpu((x_adv - clean).flatten(1).abs().amax(1))
+    moved = _cpu(out["delta_norm"]) > 0          # an unperturbed image (x_adv == x) tests nothing: left NaN
+    rows = idx.numpy()[moved]
+    cols["bound_linf"][rows] = _cpu((x_adv - clean).flatten(1).abs().amax(1))[moved]
     for k, v in out.items():
-        cols[f"bound_{k}"][rows] = _cpu(v)
+        cols[f"bound_{k}"][rows] = _cpu(v)[moved]
     frame = frame.assign(bound_setting=cfg["bound_setting"])
     return frame.assign(**cols)
 
