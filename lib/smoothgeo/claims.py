@@ -30,7 +30,8 @@ correlation controlling for clean accuracy), :func:`transfer_difference` (relati
     topk = {"kind": "topk", "epsilon": 0.1}
     rows = [robustness_gain(attacks, recipe="ssr10", where=topk, rng=rng),
             smoothing_gain(attacks, variant="SG", where=topk, metric="kendall", rng=rng),
-            curvature_within(measures, attacks, family="natural", where={**topk, "attacked_method": "SM"}, rng=rng),
+            curvature_within(measures, attacks, family="natural", rng=rng,
+                             where={**topk, "attacked_method": "SM", "evaluated_method": "SM"}),
             transfer_difference(attacks, smooth="ssr10", where={"kind": "topk"}, rng=rng)]
     table = claims_table(rows)            # Holm + verdicts, exact columns
     write_claims(table, "results/claims.csv")
@@ -50,7 +51,8 @@ __all__ = [
     "COLUMNS", "ROBUST_DIRECTION", "VERDICT_RULE", "VERDICTS", "parse_model", "with_family", "select", "read_tidy",
     "verdict", "claim_row", "paired_claim", "robustness_gain", "smoothing_gain", "curvature_within",
     "model_table", "curvature_across", "transfer_difference", "relative_transfer_table", "bound_predictiveness",
-    "bound_coverage", "split_family", "training_table", "frontier_points", "frontier_comparison", "claims_table", "plain_words", "write_claims",
+    "bound_coverage", "split_family", "training_table", "frontier_points", "frontier_comparison", "claims_table",
+    "plain_words", "write_claims",
 ]
 
 COLUMNS = ["rq", "claim", "metric", "effect", "ci_low", "ci_high", "p_value", "p_adjusted", "n_images", "n_seeds",

@@ -97,11 +97,13 @@ def measure_config(params: dict) -> dict:
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
             raise ValueError(f"params 'measures.{name}' must be a number > 0, got {v!r}")
     if lip["step_size"] is not None and not (isinstance(lip["step_size"], (int, float)) and lip["step_size"] > 0):
-        raise ValueError(f"params 'measures.lipschitz.step_size' must be null or a number > 0, got {lip['step_size']!r}")
+        raise ValueError(f"params 'measures.lipschitz.step_size' must be null or a number > 0, "
+                         f"got {lip['step_size']!r}")
     if not isinstance(lip["seed"], int) or isinstance(lip["seed"], bool):
         raise ValueError(f"params 'measures.lipschitz.seed' must be an integer, got {lip['seed']!r}")
     if cfg["hessian_method"] not in ("auto", "exact", "power"):
-        raise ValueError(f"params 'measures.hessian_method' must be auto, exact or power, got {cfg['hessian_method']!r}")
+        raise ValueError(f"params 'measures.hessian_method' must be auto, exact or power, "
+                         f"got {cfg['hessian_method']!r}")
     if cfg["convention"] not in ("grad_times_input", "abs"):
         raise ValueError(f"params 'measures.convention' must be grad_times_input or abs, got {cfg['convention']!r}")
     if cfg["bound_lipschitz"] not in ("random", "adversarial"):
