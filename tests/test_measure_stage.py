@@ -155,7 +155,8 @@ def stage(tmp_path, monkeypatch):
     monkeypatch.setattr(experiments, "eval_images", lambda data, n, *, seed, device, root=None: (x[:n], y[:n]))
     x_adv = (x[[0, 2]] + 0.05 * torch.sign(torch.randn((2, 1, 28, 28), generator=g))).clamp(0, 1)
     (tmp_path / "att").mkdir()
-    torch.save({"SM-topk-0.1": {"x_adv": x_adv, "image": torch.tensor([0, 2])}}, tmp_path / "att" / "natural-s0.pt")
+    x_adv = torch.cat([x_adv, x[[1]]])                       # image 1 left unperturbed: no bound-test row
+    torch.save({"SM-topk-0.1": {"x_adv": x_adv, "image": torch.tensor([0, 2, 1])}}, tmp_path / "att" / "natural-s0.pt")
 
     def run(measures=SMALL, model="natural-s0"):
         params = tmp_path / "params.yaml"

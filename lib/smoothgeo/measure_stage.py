@@ -21,7 +21,8 @@ The ``measures`` section of params.yaml (every key optional; defaults shown)::
       convention: grad_times_input  # map convention of the map-Lipschitz ratio and the bound test
       lipschitz:                    # geometry.lipschitz_measures; own seed, independent of the attacks
         epsilon: 0.1
-        samples: 8
+        samples: 8                  # random neighbours per image
+        adversarial_samples: 2      # of those, how many start a PGD climb (cost ~ samples x steps)
         steps: 10                   # PGD steps of the adversarial neighbours
         step_size: null             # null = epsilon / 4
         beta: 10.0                  # softplus surrogate for the adversarial neighbours of ReLU nets
@@ -32,10 +33,11 @@ The ``measures`` section of params.yaml (every key optional; defaults shown)::
 
 Columns: model, image, label, prediction, correct, clean_conf, logit_margin, logit_norm, lambda_max,
 grad_logit_norm, grad_loss_norm, margin_grad_norm, relative_curvature, lambda_max_fixed_scale,
-lambda_max_over_grad_logit2, lambda_max_over_grad_loss2, lipschitz_{random,adversarial}{,_relative,_map}, and
+lambda_max_over_grad_logit2, lambda_max_over_grad_loss2, lipschitz_{random,adversarial}{,_relative,_map} (the
+adversarial ones: the larger of the random estimate and ``adversarial_samples`` PGD climbs), and
 with a bound setting whose record exists: bound_setting, bound_delta_norm, bound_linf, bound_grad_change,
 bound_predicted_grad_change, bound_within_bound, bound_relative_grad_change, bound_map_change,
-bound_predicted_map_change, bound_map_within_bound (NaN for images the attack did not perturb). Definitions:
+bound_predicted_map_change, bound_map_within_bound (NaN for images the record lacks or left unperturbed). Definitions:
 :mod:`smoothgeo.geometry`.
 """
 from __future__ import annotations
@@ -58,7 +60,8 @@ __all__ = ["MEASURE_DEFAULTS", "measure_config", "load_model", "measure", "write
 MEASURE_DEFAULTS = {
     "n_images": 100, "batch_size": 50, "hessian_method": "auto", "logit_scale": 5.0,
     "convention": "grad_times_input",
-    "lipschitz": {"epsilon": 0.1, "samples": 8, "steps": 10, "step_size": None, "beta": 10.0, "seed": 1001},
+    "lipschitz": {"epsilon": 0.1, "samples": 8, "adversarial_samples": 2, "steps": 10, "step_size": None,
+                  "beta": 10.0, "seed": 1001},
     "bound_setting": None, "bound_lipschitz": "adversarial",
 }
 
@@ -86,6 +89,7 @@ def measure_config(params: dict) -> dict:
     positive_int("n_images", cfg["n_images"])
     positive_int("batch_size", cfg["batch_size"])
     positive_int("lipschitz.samples", lip["samples"])
+    positive_int("lipschitz.adversarial_samples", lip["adversarial_samples"])
     if isinstance(lip["steps"], bool) or not isinstance(lip["steps"], int) or lip["steps"] < 0:
         raise ValueError(f"params 'measures.lipschitz.steps' must be an integer >= 0, got {lip['steps']!r}")
     for name, v in (("lipschitz.epsilon", lip["epsilon"]), ("lipschitz.beta", lip["beta"]),
@@ -93,11 +97,13 @@ def measure_config(params: dict) -> dict:
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
             raise ValueError(f"params 'measures.{name}' must be a number > 0, got {v!r}")
     if lip["step_size"] is not None and not (isinstance(lip["step_size"], (int, float)) and lip["step_size"] > 0):
-        raise ValueError(f"params 'measures.lipschitz.step_size' must be null or a number > 0, got {lip['step_size']!r}")
+        raise ValueError(f"params 'measures.lipschitz.step_size' must be null or a number > 0, "
+                         f"got {lip['step_size']!r}")
     if not isinstance(lip["seed"], int) or isinstance(lip["seed"], bool):
         raise ValueError(f"params 'measures.lipschitz.seed' must be an integer, got {lip['seed']!r}")
     if cfg["hessian_method"] not in ("auto", "exact", "power"):
-        raise ValueError(f"params 'measures.hessian_method' must be auto, exact or power, got {cfg['hessian_method']!r}")
+        raise ValueError(f"params 'measures.hessian_method' must be auto, exact or power, "
+                         f"got {cfg['hessian_method']!r}")
     if cfg["convention"] not in ("grad_times_input", "abs"):
         raise ValueError(f"params 'measures.convention' must be grad_times_input or abs, got {cfg['convention']!r}")
     if cfg["bound_lipschitz"] not in ("random", "adversarial"):
@@ -153,9 +159,12 @@ def measure(model, x, y, *, cfg: dict, record: dict | None = None, name: str = "
     n, bs = x.shape[0], cfg["batch_size"]
     lam = geometry.hessian_max_eig(model, x, method=cfg["hessian_method"], chunk_size=bs, seed=lip["seed"])
     geo = geometry.logit_geometry(model, x, y, lambda_max=lam, logit_scale=cfg["logit_scale"], chunk_size=bs)
-    kw = dict(epsilon=lip["epsilon"], samples=lip["samples"], steps=lip["steps"], step_size=lip["step_size"],
-              beta=lip["beta"], seed=lip["seed"], convention=cfg["convention"], chunk_size=bs)
-    lips = {kind: geometry.lipschitz_measures(model, x, neighbours=kind, **kw) for kind in ("random", "adversarial")}
+    kw = dict(epsilon=lip["epsilon"], steps=lip["steps"], step_size=lip["step_size"], beta=lip["beta"],
+              seed=lip["seed"], convention=cfg["convention"], chunk_size=bs)
+    rand = geometry.lipschitz_measures(model, x, neighbours="random", samples=lip["samples"], **kw)
+    adv = geometry.lipschitz_measures(model, x, neighbours="adversarial", samples=lip["adversarial_samples"], **kw)
+    # the climbs start from the first random neighbours (same seed); keep the larger, so adversarial >= random
+    lips = {"random": rand, "adversarial": {k: torch.maximum(adv[k], rand[k]) for k in rand}}
     frame = pd.DataFrame({"model": name, "image": np.arange(n), "label": _cpu(y).astype(int)})
     frame["prediction"] = _cpu(geo["prediction"]).astype(int)
     frame["correct"] = frame.prediction == frame.label
@@ -190,10 +199,11 @@ def _add_bound(frame, model, x, record, lip, cfg) -> pd.DataFrame:
                      convention=cfg["convention"])
     names = ["delta_norm", "linf", *[k for k in out if k != "delta_norm"]]
     cols = {f"bound_{k}": np.full(len(frame), np.nan) for k in names}
-    rows = idx.numpy()
-    cols["bound_linf"][rows] = _cpu((x_adv - clean).flatten(1).abs().amax(1))
+    moved = _cpu(out["delta_norm"]) > 0          # an unperturbed image (x_adv == x) tests nothing: left NaN
+    rows = idx.numpy()[moved]
+    cols["bound_linf"][rows] = _cpu((x_adv - clean).flatten(1).abs().amax(1))[moved]
     for k, v in out.items():
-        cols[f"bound_{k}"][rows] = _cpu(v)
+        cols[f"bound_{k}"][rows] = _cpu(v)[moved]
     frame = frame.assign(bound_setting=cfg["bound_setting"])
     return frame.assign(**cols)
 
