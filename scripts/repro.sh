@@ -50,7 +50,7 @@ if [ "$profile" = default ]; then
   lock_or_refuse "$ROOT/.dvc/tmp/repro.sh.lock"
   dvc repro "$@"
   if [ -f results/SUMMARY.md ]; then  # copy the generated tables and figure links into README.md
-    python -m smoothgeo.summary --results results --out results/SUMMARY.md --readme README.md >/dev/null
+    python -m smoothgeo.summary report --results results --readme README.md
   fi
   exit 0
 fi
