@@ -49,7 +49,8 @@ required, plus any key of ``defaults`` to override it, and:
   check and, unless ``direction`` says otherwise, its attack direction).
 * ``direction``: the attack direction's options for this setting's method, replacing
   ``defaults.direction[method]``; ``null`` = no cheaper direction (use ``method_options``, e.g. 50 samples).
-* ``evaluated_methods``: overrides ``attacks.evaluated_methods`` for this setting.
+* ``evaluated_methods``: overrides ``attacks.evaluated_methods`` for this setting. The attacked method is
+  always evaluated (put first when the list lacks it).
 
 Conventions:
 
@@ -334,6 +335,8 @@ def resolve_settings(params: dict, model: str, *, smooth: bool = False) -> list[
             direction = dict(defaults["direction"].get(method) or {}) or None
         evaluated = _check_methods(f"attacks.settings.{name}.evaluated_methods",
                                    entry.get("evaluated_methods", section["evaluated_methods"]))
+        if method not in evaluated:  # an attack is always evaluated on the method it attacked
+            evaluated = [method, *evaluated]
         for eps in _epsilons(f"attacks.settings.{name}", entry, defaults["epsilons"]):
             out.append({"id": _setting_id(name, eps), "name": name, "method": method, "kind": kind,
                         "epsilon": eps, **cfg, "surrogates": surrogates, "method_options": options,
