@@ -171,7 +171,7 @@ def test_bound_claims():
 
 
 def test_frontier_comparison_row():
-    pts = pd.DataFrame({"recipe": ["ssr"] * 3 + ["madry"] * 3, "accuracy": [0.7, 0.8, 0.9, 0.72, 0.8, 0.88],
+    pts = pd.DataFrame({"family": ["ssr"] * 3 + ["madry"] * 3, "accuracy": [0.7, 0.8, 0.9, 0.72, 0.8, 0.88],
                         "topk": [0.6, 0.5, 0.4, 0.5, 0.42, 0.34], "n_seeds": 3})
     row, table = claims.frontier_comparison(pts, "ssr", "madry", rng=rng(), n_boot=100)
     assert row["effect"] > 0 and row["n_seeds"] == 3 and len(table) == 21
@@ -189,35 +189,3 @@ def test_plain_words_and_write(tmp_path):
         claims.write_claims(t.drop(columns=["rule"]), tmp_path / "x.csv")
 
 
-def test_split_family():
-    assert claims.split_family("ssr10") == ("ssr", 10.0)
-    assert claims.split_family("madry0.1") == ("madry", 0.1)
-    assert claims.split_family("wd5e-4") == ("wd", 0.0005)
-    assert claims.split_family("natural")[0] == "natural"
-
-
-def test_frontier_points_from_tidy_frames(tmp_path):
-    fams = {"natural": {"SM": 0.3}, "ssr1": {"SM": 0.4}, "ssr10": {"SM": 0.5}, "madry0.1": {"SM": 0.45},
-            "madry0.2": {"SM": 0.55}}
-    a = attack_table(fams, n=20, seeds=2)
-    recs = []
-    costs = {"natural": 5, "ssr1": 10, "ssr10": 40, "madry0.1": 20, "madry0.2": 60}
-    accs = {"natural": 0.9, "ssr1": 0.86, "ssr10": 0.80, "madry0.1": 0.84, "madry0.2": 0.78}
-    for i, fam in enumerate(fams):
-        for s in range(2):
-            recs.append({"model": f"{fam}-s{s}", "clean_accuracy": accs[fam] - 0.01 * s, "cost": costs[fam]})
-    acc = pd.DataFrame(recs)
-    for r in recs[:2]:
-        (tmp_path / f"{r['model']}.json").write_text(
-            '{"name": "%s", "test_accuracy": %g, "seconds": 5}' % (r["model"], r["clean_accuracy"]))
-    tt = claims.training_table(sorted(tmp_path.glob("*.json")), cost_key="seconds")
-    assert tt.model.tolist() == ["natural-s0", "natural-s1"] and (tt.cost == 5).all()
-    pts = claims.frontier_points(a, acc, rng=rng(), n_boot=100, where={"attacked_method": "SM"})
-    assert set(pts.recipe) == {"natural", "ssr", "madry"} and (pts.n_seeds == 2).all()
-    p = pts.set_index("family")
-    assert p.loc["ssr10", "strength"] == 10 and p.loc["ssr10", "accuracy"] == pytest.approx(0.795)
-    assert p.loc["ssr10", "topk_low"] < p.loc["ssr10", "topk"] < p.loc["ssr10", "topk_high"]
-    row, table = claims.frontier_comparison(pts, "ssr", "madry", rng=rng(), n_boot=100)
-    assert np.isfinite(row["effect"]) and row["n_seeds"] == 2
-    cost_row, _ = claims.frontier_comparison(pts, "ssr", "madry", rng=rng(), n_boot=100, x="cost")
-    assert "cost" in cost_row["claim"]

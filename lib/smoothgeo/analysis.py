@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 
 from . import stats
-from .results import STRENGTH_KEY
 
 __all__ = ["HIGHER_IS_ROBUST", "robust_value", "attach_models", "own_rows", "model_robustness",
            "group_members", "paired_effects", "frontier_points", "frontier_comparisons", "diagnostics",
@@ -119,13 +118,14 @@ def paired_effects(attacks: pd.DataFrame, models: pd.DataFrame, groups: dict[str
 
 
 def frontier_points(attacks: pd.DataFrame, models: pd.DataFrame, *, families, baseline: list[str],
-                    setting: str, metric: str = "topk", rng: np.random.Generator, n_boot: int = 1000
-                    ) -> pd.DataFrame:
+                    setting: str, metric: str = "topk", rng: np.random.Generator, n_boot: int = 1000,
+                    n_test: int = 10000) -> pd.DataFrame:
     """One point per (family, strength): clean accuracy, robustness (``metric`` under ``setting``) and cost.
 
     Every family's curve starts at the natural models trained on the same budget (``baseline``, strength 0)
     and takes *every* strength trained for it (seeds of one strength pooled by the hierarchical bootstrap).
-    Accuracy is the full test-set accuracy, its interval the spread over seeds (t interval; none with one seed).
+    Accuracy is the full test-set accuracy (``n_test`` images), its interval the spread over seeds (t interval)
+    or, for a single seed, the binomial error.
     """
     own = own_rows(attacks, setting)
     rows = []
@@ -140,7 +140,7 @@ def frontier_points(attacks: pd.DataFrame, models: pd.DataFrame, *, families, ba
             g = g[g.attacked.astype(bool)]
             r = stats.hierarchical_bootstrap(g.assign(_v=g[metric]), "_v", rng=rng, n_boot=n_boot)
             acc = group.test_accuracy.astype(float)
-            half = _t_half_width(acc)
+            half = _accuracy_half_width(acc, n_test)
             rows.append({"family": family, "strength": strength, "models": " ".join(group.model),
                          "n_seeds": len(group), "accuracy": acc.mean(), "accuracy_low": acc.mean() - half,
                          "accuracy_high": acc.mean() + half, "robustness": r.estimate,
@@ -149,13 +149,17 @@ def frontier_points(attacks: pd.DataFrame, models: pd.DataFrame, *, families, ba
     return pd.DataFrame(rows)
 
 
-def _t_half_width(values: pd.Series, level: float = 0.95) -> float:
+def _accuracy_half_width(values: pd.Series, n_test: int, level: float = 0.95) -> float:
+    """Half width of the accuracy interval: t interval over seeds (two or more), else the binomial error of
+    one model's accuracy on ``n_test`` test images."""
     from scipy import stats as st
 
     v = values.dropna().to_numpy(float)
-    if len(v) < 2:
-        return 0.0
-    return float(st.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
+    if len(v) >= 2:
+        return float(st.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
+    if len(v) == 1:
+        return float(st.norm.ppf(0.5 + level / 2) * np.sqrt(v[0] * (1 - v[0]) / n_test))
+    return float("nan")
 
 
 def frontier_comparisons(points: pd.DataFrame, pairs, *, rng: np.random.Generator, n_boot: int = 1000

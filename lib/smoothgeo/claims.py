@@ -51,7 +51,7 @@ __all__ = [
     "COLUMNS", "ROBUST_DIRECTION", "VERDICT_RULE", "VERDICTS", "parse_model", "with_family", "select", "read_tidy",
     "verdict", "claim_row", "paired_claim", "robustness_gain", "smoothing_gain", "curvature_within",
     "model_table", "curvature_across", "transfer_difference", "relative_transfer_table", "bound_predictiveness",
-    "bound_coverage", "split_family", "training_table", "frontier_points", "frontier_comparison", "claims_table",
+    "bound_coverage", "frontier_comparison", "claims_table",
     "plain_words", "write_claims",
 ]
 
@@ -339,71 +339,13 @@ def bound_coverage(measures: pd.DataFrame, *, family: str, rng: np.random.Genera
 _STRENGTH = re.compile(r"^(?P<recipe>.*?[A-Za-z_])(?P<strength>\d+(?:\.\d*)?(?:e-?\d+)?)$")
 
 
-def split_family(family: str) -> tuple[str, float]:
-    """``"ssr10"`` -> ("ssr", 10.0), ``"madry0.1"`` -> ("madry", 0.1), ``"wd5e-4"`` -> ("wd", 0.0005);
-    no trailing number: (family, nan)."""
-    m = _STRENGTH.match(str(family))
-    if not m:
-        return str(family), float("nan")
-    return m["recipe"], float(m["strength"])
-
-
-def training_table(paths, *, cost_key: str | None = None) -> pd.DataFrame:
-    """Training records (``results/training/<model>.json``) -> model, clean_accuracy (their ``test_accuracy``)
-    and, with ``cost_key``, a ``cost`` column (e.g. the record's seconds or batches)."""
-    from .io import read_json
-
-    rows = []
-    for p in sorted(Path(q) for q in paths):
-        rec = read_json(p)
-        row = {"model": rec.get("name", p.stem), "clean_accuracy": rec.get("test_accuracy")}
-        if cost_key is not None:
-            if cost_key not in rec:
-                raise KeyError(f"training record {p} has no {cost_key!r}; it has {sorted(rec)}")
-            row["cost"] = rec[cost_key]
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def frontier_points(attacks: pd.DataFrame, accuracy: pd.DataFrame, *, rng: np.random.Generator,
-                    metric: str = "topk", where: dict | None = None, n_boot: int = 2000,
-                    n_test: int = 10000) -> pd.DataFrame:
-    """One trade-off point per family (recipe at one strength): robustness with a hierarchical-bootstrap
-    interval over seeds and attacked images (worst over the selected settings), clean accuracy as the mean over
-    seeds of ``accuracy`` (columns model, clean_accuracy, optional cost) with a normal interval from the seed
-    spread (two or more seeds) or, for one seed, the binomial error of ``n_test`` test images; ``cost`` is the
-    mean over seeds. Columns: recipe, strength, family, accuracy(+_low/_high), ``metric``(+_low/_high), cost,
-    n_images, n_seeds."""
-    a = _worst_per_image(select(attacks, where), metric)
-    if "attacked" in a.columns:
-        a = a[a["attacked"].astype(bool)]
-    acc = with_family(accuracy)
-    rows = []
-    for fam, f in a.groupby("family", sort=True):
-        r = stats.hierarchical_bootstrap(f, metric, rng=rng, n_boot=n_boot)
-        fa = acc[acc.family == fam]
-        if fa.empty:
-            raise ValueError(f"no clean accuracy for family {fam!r}; pass its training records")
-        vals = fa["clean_accuracy"].to_numpy(float)
-        mean = float(vals.mean())
-        se = (float(vals.std(ddof=1)) / np.sqrt(len(vals)) if len(vals) > 1
-              else float(np.sqrt(mean * (1 - mean) / n_test)))
-        recipe, strength = split_family(fam)
-        rows.append({"recipe": recipe, "strength": strength, "family": fam, "accuracy": mean,
-                     "accuracy_low": mean - 1.96 * se, "accuracy_high": mean + 1.96 * se, metric: r.estimate,
-                     f"{metric}_low": r.ci_low, f"{metric}_high": r.ci_high,
-                     "cost": float(fa["cost"].mean()) if "cost" in fa.columns else float("nan"),
-                     "n_images": r.n_images, "n_seeds": r.n_seeds})
-    return pd.DataFrame(rows)
-
-
 def frontier_comparison(points: pd.DataFrame, family_a: str, family_b: str, *, rng: np.random.Generator,
                         metric: str = "topk", x: str = "accuracy", log_x: bool | None = None, n_boot: int = 2000,
-                        family_col: str = "recipe", claim: str | None = None, rq: str = "RQ4"
+                        family_col: str = "family", claim: str | None = None, rq: str = "RQ4"
                         ) -> tuple[dict, pd.DataFrame]:
     """Recipe a vs b along their trade-off curves at matched ``x`` (clean accuracy, or ``"cost"``: training
     cost, interpolated in log cost), using every strength (:func:`smoothgeo.stats.frontier_difference`), never a
-    chosen best point. ``points``: :func:`frontier_points` rows (``family_col`` names the recipe, ``x``,
+    chosen best point. ``points``: :func:`smoothgeo.analysis.frontier_points` rows (``family_col`` names the family, ``x``,
     ``metric`` and optional ``<col>_low``/``<col>_high``). Returns the row and the per-grid table."""
     sign = _direction(metric)
     log_x = (x != "accuracy") if log_x is None else log_x
