@@ -29,7 +29,7 @@ from . import analysis, claims
 from .io import atomic_write_text, load_params
 from .results import load_attacks, load_measures, model_table
 
-__all__ = ["claim_rows", "run_claims", "report_text", "update_readme", "main"]
+__all__ = ["claim_rows", "run_claims", "report_text", "collapsed_dag", "update_readme", "main"]
 
 
 def _setting(attacks: pd.DataFrame, name: str, eps: float) -> str:
@@ -232,10 +232,43 @@ def report_text(results: Path, *, link_prefix: str = "", short: bool = False) ->
     return "\n".join(parts) + "\n"
 
 
-def update_readme(readme: Path, text: str) -> None:
-    """Replace the text between the README's results markers with ``text`` (atomically)."""
+def collapsed_dag(mermaid: str) -> str:
+    """``dvc dag --mermaid`` with every ``foreach`` stage folded into one node (``attack (x21)``), edges deduplicated,
+    so the pipeline reads as a graph of a dozen nodes instead of hundreds."""
+    import re
+
+    names, edges = {}, set()
+    for line in mermaid.splitlines():
+        m = re.match(r'\s*(node\d+)\["(.+)"\]\s*$', line)
+        if m:
+            names[m[1]] = m[2].split("@")[0]
+            continue
+        m = re.match(r"\s*(node\d+)-->(node\d+)\s*$", line)
+        if m:
+            edges.add((m[1], m[2]))
+    counts = pd.Series(list(names.values())).value_counts()
+    label = {n: f"{n} (x{counts[n]})" if counts[n] > 1 else n for n in counts.index}
+    ids = {n: f"s{i}" for i, n in enumerate(sorted(label))}
+    folded = sorted({(names[a], names[b]) for a, b in edges if names[a] != names[b]})
+    lines = ["flowchart TD"] + [f'\t{ids[n]}["{label[n]}"]' for n in sorted(label)]
+    lines += [f"\t{ids[a]}-->{ids[b]}" for a, b in folded]
+    return "\n".join(lines)
+
+
+def _dag_markdown() -> str:
+    import subprocess
+
+    try:
+        out = subprocess.run(["dvc", "dag", "--mermaid"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+    return "```mermaid\n" + collapsed_dag(out) + "\n```\n"
+
+
+def update_readme(readme: Path, text: str, *, start: str = "<!-- results:start -->",
+                  end: str = "<!-- results:end -->") -> None:
+    """Replace the text between two markers of the README (the results block by default) with ``text``."""
     readme = Path(readme)
-    start, end = "<!-- results:start -->", "<!-- results:end -->"
     body = readme.read_text()
     if start not in body or end not in body:
         raise ValueError(f"{readme} has no '{start}' ... '{end}' block to fill; add the two markers")
@@ -267,6 +300,9 @@ def main(argv=None) -> int:
         if args.readme:
             update_readme(Path(args.readme), "## Results of the default run\n\n"
                           + report_text(results, link_prefix="results/", short=True))
+            dag = _dag_markdown()
+            if dag:
+                update_readme(Path(args.readme), dag, start="<!-- dag:start -->", end="<!-- dag:end -->")
         return 0
     except (FileNotFoundError, KeyError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
