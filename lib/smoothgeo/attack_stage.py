@@ -51,7 +51,9 @@ required, plus any key of ``defaults`` to override it, and:
   check and, unless ``direction`` says otherwise, its attack direction).
 * ``direction``: the attack direction's options for this setting's method, replacing
   ``defaults.direction[method]``; ``null`` = no cheaper direction (use ``method_options``, e.g. 50 samples).
-* ``evaluated_methods``: overrides ``attacks.evaluated_methods`` for this setting.
+* ``evaluated_methods``: overrides ``attacks.evaluated_methods`` for this setting. Besides SM/IG/SG/UG, any
+  Captum method is accepted as ``captum:<Class>`` (e.g. ``captum:GuidedBackprop``, options under the
+  top-level ``methods``; see :mod:`smoothgeo.captum_methods`); it is evaluated (transfer), never attacked.
 
 Conventions:
 
@@ -115,7 +117,7 @@ import torch
 from torch import Tensor, nn
 
 from . import attacks as attacks_mod
-from . import distributed
+from . import captum_methods, distributed
 from . import experiments
 from .attacks import CONVENTIONS, KINDS, derive_seed, eval_mode
 from .attributions import METHODS
@@ -153,6 +155,8 @@ SETTING_KEYS = ("method", "kind", "models", "method_options", "evaluated_methods
 SECTION_KEYS = ("n_images", "batch_size", "shard_size", "evaluated_methods", "defaults", "settings")
 _DIAGNOSTICS = ("attacked", "label_kept", "score", "kendall", "restart", "rejected_steps", "zero_directions",
                 "linf", "accepted_steps", "stalled", "stalled_runs")
+#: the attackable methods (SM, IG, SG, UG): every registered method but the captum adapters
+_BUILTIN = tuple(m for m in METHODS if not captum_methods.is_captum(m))
 _NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
 _FORMAT = 1
 
@@ -177,8 +181,14 @@ def _on_reject_values() -> tuple:
 def _check_methods(key: str, value) -> list[str]:
     if isinstance(value, str):
         value = [value]
+    if isinstance(value, list):
+        try:  # captum:<Class> names become evaluated methods (smoothgeo.captum_methods)
+            captum_methods.ensure([m for m in value if isinstance(m, str)])
+        except ValueError as exc:
+            _fail(key, value, f"methods among {sorted(_BUILTIN)} or captum:<Class> ({exc})")
     if not isinstance(value, list) or not value or any(m not in METHODS for m in value):
-        _fail(key, value, f"a non-empty list of methods among {sorted(METHODS)}")
+        _fail(key, value, f"a non-empty list of methods among {sorted(_BUILTIN)} or captum:<Class> "
+                          "(e.g. captum:GuidedBackprop)")
     return list(value)
 
 
@@ -261,8 +271,8 @@ def check_params(params: dict) -> dict:
             _fail(f"attacks.defaults.{key}", defaults[key], "keys " + ", ".join(["epsilon", *DEFAULTS, *OPTIONAL]))
     _check_common("attacks.defaults", defaults)
     direction = defaults.get("direction") or {}
-    if not isinstance(direction, dict) or any(m not in METHODS for m in direction):
-        _fail("attacks.defaults.direction", direction, f"a mapping method -> options, methods among {sorted(METHODS)}")
+    if not isinstance(direction, dict) or any(m not in _BUILTIN for m in direction):
+        _fail("attacks.defaults.direction", direction, f"a mapping method -> options, methods among {sorted(_BUILTIN)}")
     for m, opts in direction.items():
         _check_options(f"attacks.defaults.direction.{m}", opts)
     resolved = {**DEFAULTS, **{k: v for k, v in defaults.items() if k != "epsilon"},
@@ -285,8 +295,8 @@ def check_params(params: dict) -> dict:
         for k in entry:
             if k not in allowed_keys:
                 _fail(f"{key}.{k}", entry[k], "keys " + ", ".join(allowed_keys))
-        if entry.get("method") not in METHODS:
-            _fail(f"{key}.method", entry.get("method"), ", ".join(sorted(METHODS)))
+        if entry.get("method") not in _BUILTIN:   # captum methods are evaluated, never attacked
+            _fail(f"{key}.method", entry.get("method"), ", ".join(sorted(_BUILTIN)))
         if entry.get("kind") not in KINDS:
             _fail(f"{key}.kind", entry.get("kind"), ", ".join(KINDS))
         _check_common(key, entry)
