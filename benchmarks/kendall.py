@@ -38,8 +38,8 @@ def main() -> None:
     if args.levels:
         a, b = (a * args.levels).floor(), (b * args.levels).floor()
     p = args.size ** 2
-    print(f"{args.maps} maps of {args.size}x{args.size} (P = {p}), {'%d levels' % args.levels if args.levels else 'no ties'}, "
-          f"torch threads {torch.get_num_threads()}")
+    ties = f"{args.levels} levels" if args.levels else "no ties"
+    print(f"{args.maps} maps of {args.size}x{args.size} (P = {p}), {ties}, torch threads {torch.get_num_threads()}")
 
     t0 = time.perf_counter()
     fast = kendall_tau_b(a, b).numpy()

@@ -506,7 +506,8 @@ def _run_setting(model, x, y, setting: dict, *, model_name: str, seed: int, batc
         if targets is not None:
             key = ("target", em, setting["convention"])
             if key not in clean_maps:
-                clean_maps[key] = target_maps(model, pool_x, pool_y, em, options=opts, seed=derive_seed(seed, "target", em),
+                clean_maps[key] = target_maps(model, pool_x, pool_y, em, options=opts,
+                                              seed=derive_seed(seed, "target", em),
                                               convention=setting["convention"], batch_size=batch_size,
                                               index=targets)[1]
             dist = target_distance(adv_map, clean_maps[key]).double().cpu().numpy()

@@ -18,10 +18,12 @@ Options are passed to ``attribute`` unchanged (lists become tuples), except:
 
 * ``seed`` (default 0): methods that draw random numbers from the global generators of torch, numpy or Python
   (GradientShap, Lime, KernelShap, FeaturePermutation, ShapleyValueSampling, ...) run with all three seeded
-  with it and restored afterwards, so maps are reproducible and the caller's random state is untouched. The clean and the adversarial maps then
-  use the same draws (common random numbers), unlike SG/UG whose draws come from the stage's seeds.
+  with it and restored afterwards, so maps are reproducible and the caller's random state is untouched. The
+  clean and the adversarial maps then use the same draws (common random numbers), unlike SG/UG, whose draws
+  come from the stage's seeds.
 * ``baselines``: a number means a constant baseline image (default 0, Captum's default for most methods);
-  GradientShap and DeepLiftShap need a baseline distribution and get ``baselines`` (default 0) as one image.
+  GradientShap and DeepLiftShap need a baseline distribution and get ``baselines`` (default 0) as one image
+  (two copies for DeepLiftShap, which insists on two).
 * ``sliding_window_shapes`` (Occlusion, required by Captum): default ``(C, 3, 3)``.
 
 Maps: under the ``grad_times_input`` convention the gradient-like methods (Saliency, GuidedBackprop,

@@ -56,9 +56,9 @@ not depend on the number of ranks; set ``attacks.shard_size`` in params.yaml fir
             - data/attacks/${item}.pt
             - results/attacks/${item}.csv.gz: {cache: false}
 
-(The number of processes is not a parameter: it does not change the outputs. On a cluster, ``dvc repro`` runs inside the Slurm
-allocation and the ``cmd`` is the ``srun torchrun ...`` line.) The process group's timeout (ranks wait for the
-slowest one before rank 0 writes) is ``SMOOTHGEO_DIST_TIMEOUT`` seconds, default 24 hours.
+The number of processes is not a parameter: it does not change the outputs. On a cluster, ``dvc repro`` runs
+inside the Slurm allocation and the ``cmd`` is the ``srun torchrun ...`` line. The process group's timeout
+(ranks wait for the slowest one before rank 0 writes) is ``SMOOTHGEO_DIST_TIMEOUT`` seconds, default 24 hours.
 """
 from __future__ import annotations
 
