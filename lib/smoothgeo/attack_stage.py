@@ -3,6 +3,7 @@
     python -m smoothgeo.attack_stage --params params.yaml --model NAME [--checkpoints data/checkpoints] \\
         [--records data/attacks] [--tables results/attacks] [--timings results/timings] \\
         [--partials data/cache/partial/attacks] [--device auto]
+    torchrun --nproc_per_node N -m smoothgeo.attack_stage ...     # sharded, see smoothgeo.distributed
 
 NAME is a checkpoint name (``<checkpoints>/NAME.pt``, e.g. ``natural-s0``) or an inference-time softplus copy
 ``BASE+softplus<beta>`` (e.g. ``natural-s0+softplus3``, as :func:`smoothgeo.experiments.load_zoo` names them).
@@ -15,6 +16,7 @@ complete example::
     attacks:
       n_images: 100                 # evaluation images (the same for every model)
       batch_size: null              # images per attack batch (memory); null = all at once
+      shard_size: null              # images per independent shard (torchrun); null = all images as one unit
       evaluated_methods: [SM, IG, SG, UG]   # every adversarial batch is re-evaluated on each (transfer)
       defaults:                     # every setting starts from these
         epsilons: [0.1]             # or `epsilon: 0.1`
@@ -50,7 +52,9 @@ required, plus any key of ``defaults`` to override it, and:
 * ``direction``: the attack direction's options for this setting's method, replacing
   ``defaults.direction[method]``; ``null`` = no cheaper direction (use ``method_options``, e.g. 50 samples).
 * ``evaluated_methods``: overrides ``attacks.evaluated_methods`` for this setting. The attacked method is
-  always evaluated (put first when the list lacks it).
+  always evaluated (put first when the list lacks it). Besides SM/IG/SG/UG, any
+  Captum method is accepted as ``captum:<Class>`` (e.g. ``captum:GuidedBackprop``, options under the
+  top-level ``methods``; see :mod:`smoothgeo.captum_methods`); it is evaluated (transfer), never attacked.
 
 Conventions:
 
@@ -83,11 +87,19 @@ Resuming: each finished setting goes atomically to ``<partials>/<model>/<setting
 configuration and of the model's weights and the images; a re-run reuses a partial with the same hash and
 discards (with a message) one computed under other settings. The partials are removed once the outputs are
 written.
+
+Shards (``attacks.shard_size``): the images are cut into shards of that many images, each attacked and
+evaluated as an independent unit seeded from the seed and its image range (``derive_seed(seed, "images", start,
+stop)``), with partials ``<setting_id>@<start>-<stop>.pt``. The outputs then depend on ``shard_size`` but not on
+how many processes share the shards: a run under ``torchrun --nproc_per_node N`` (contiguous runs of shards per
+rank, rank 0 writes) gives the same bytes as a single-process run; see :mod:`smoothgeo.distributed` for the
+launch commands (several nodes, Slurm, DVC). Without ``shard_size`` the stage runs as one unit on one process.
 """
 from __future__ import annotations
 
 import argparse
 import fnmatch
+import gzip
 import hashlib
 import inspect
 import io
@@ -106,13 +118,14 @@ import torch
 from torch import Tensor, nn
 
 from . import attacks as attacks_mod
+from . import captum_methods, distributed
 from . import experiments
 from .attacks import CONVENTIONS, KINDS, derive_seed, eval_mode
 from .attributions import METHODS
 from .checkpoints import CheckpointError, load_checkpoint
 from .evaluation import METRIC_COLUMNS, compare_maps, compute_maps
 from .geometry import is_piecewise_linear
-from .io import atomic_path, atomic_write_csv, atomic_write_json, load_params
+from .io import atomic_path, atomic_write_json, load_params
 from .models import softplus_copy
 from .targets import pick_targets, target_distance, target_maps
 
@@ -140,9 +153,11 @@ DEFAULTS = {"epsilons": [0.1], "step_size": 0.01, "steps": 100, "k": 100, "resta
 OPTIONAL = ("stall_window",)
 #: keys a setting may have besides those of :data:`DEFAULTS` and :data:`OPTIONAL`
 SETTING_KEYS = ("method", "kind", "models", "method_options", "evaluated_methods", "epsilon")
-SECTION_KEYS = ("n_images", "batch_size", "evaluated_methods", "defaults", "settings")
+SECTION_KEYS = ("n_images", "batch_size", "shard_size", "evaluated_methods", "defaults", "settings")
 _DIAGNOSTICS = ("attacked", "label_kept", "score", "kendall", "restart", "rejected_steps", "zero_directions",
                 "linf", "accepted_steps", "stalled", "stalled_runs")
+#: the attackable methods (SM, IG, SG, UG): every registered method but the captum adapters
+_BUILTIN = tuple(m for m in METHODS if not captum_methods.is_captum(m))
 _NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
 _FORMAT = 1
 
@@ -167,8 +182,14 @@ def _on_reject_values() -> tuple:
 def _check_methods(key: str, value) -> list[str]:
     if isinstance(value, str):
         value = [value]
+    if isinstance(value, list):
+        try:  # captum:<Class> names become evaluated methods (smoothgeo.captum_methods)
+            captum_methods.ensure([m for m in value if isinstance(m, str)])
+        except ValueError as exc:
+            _fail(key, value, f"methods among {sorted(_BUILTIN)} or captum:<Class> ({exc})")
     if not isinstance(value, list) or not value or any(m not in METHODS for m in value):
-        _fail(key, value, f"a non-empty list of methods among {sorted(METHODS)}")
+        _fail(key, value, f"a non-empty list of methods among {sorted(_BUILTIN)} or captum:<Class> "
+                          "(e.g. captum:GuidedBackprop)")
     return list(value)
 
 
@@ -239,6 +260,9 @@ def check_params(params: dict) -> dict:
     bs = section.get("batch_size")
     if bs is not None and (not _is_int(bs) or bs < 1):
         _fail("attacks.batch_size", bs, "null (all images at once) or an integer >= 1")
+    shard = section.get("shard_size")
+    if shard is not None and (not _is_int(shard) or shard < 1):
+        _fail("attacks.shard_size", shard, "null (all images as one unit) or an integer >= 1 (images per shard)")
     evaluated = _check_methods("attacks.evaluated_methods", section.get("evaluated_methods", ["SM"]))
     defaults = section.get("defaults") or {}
     if not isinstance(defaults, dict):
@@ -248,8 +272,8 @@ def check_params(params: dict) -> dict:
             _fail(f"attacks.defaults.{key}", defaults[key], "keys " + ", ".join(["epsilon", *DEFAULTS, *OPTIONAL]))
     _check_common("attacks.defaults", defaults)
     direction = defaults.get("direction") or {}
-    if not isinstance(direction, dict) or any(m not in METHODS for m in direction):
-        _fail("attacks.defaults.direction", direction, f"a mapping method -> options, methods among {sorted(METHODS)}")
+    if not isinstance(direction, dict) or any(m not in _BUILTIN for m in direction):
+        _fail("attacks.defaults.direction", direction, f"a mapping method -> options, methods among {sorted(_BUILTIN)}")
     for m, opts in direction.items():
         _check_options(f"attacks.defaults.direction.{m}", opts)
     resolved = {**DEFAULTS, **{k: v for k, v in defaults.items() if k != "epsilon"},
@@ -272,8 +296,8 @@ def check_params(params: dict) -> dict:
         for k in entry:
             if k not in allowed_keys:
                 _fail(f"{key}.{k}", entry[k], "keys " + ", ".join(allowed_keys))
-        if entry.get("method") not in METHODS:
-            _fail(f"{key}.method", entry.get("method"), ", ".join(sorted(METHODS)))
+        if entry.get("method") not in _BUILTIN:   # captum methods are evaluated, never attacked
+            _fail(f"{key}.method", entry.get("method"), ", ".join(sorted(_BUILTIN)))
         if entry.get("kind") not in KINDS:
             _fail(f"{key}.kind", entry.get("kind"), ", ".join(KINDS))
         _check_common(key, entry)
@@ -292,7 +316,7 @@ def check_params(params: dict) -> dict:
             if sid in ids:
                 raise ValueError(f"{key}: setting id {sid!r} is used twice; allowed: distinct setting names")
             ids.add(sid)
-    return {"n_images": n, "batch_size": bs, "evaluated_methods": evaluated, "defaults": resolved,
+    return {"n_images": n, "batch_size": bs, "shard_size": shard, "evaluated_methods": evaluated, "defaults": resolved,
             "settings": settings}
 
 
@@ -426,9 +450,15 @@ def _maps(model, x, pred, method, options, seed, setting, batch_size):
 
 
 def _run_setting(model, x, y, setting: dict, *, model_name: str, seed: int, batch_size, clean_maps: dict,
-                 targets: Tensor | None) -> tuple[dict[str, Tensor], pd.DataFrame]:
-    """Attack with one setting and evaluate every evaluated method; returns (record tensors, rows)."""
+                 targets: Tensor | None, offset: int = 0,
+                 target_pool: tuple[Tensor, Tensor] | None = None) -> tuple[dict[str, Tensor], pd.DataFrame]:
+    """Attack with one setting and evaluate every evaluated method; returns (record tensors, rows).
+
+    ``x``, ``y`` are images ``offset, offset + 1, ...`` of the evaluation set; ``targets`` index (targeted kind)
+    ``target_pool`` = all evaluation images (default: ``(x, y)``).
+    """
     n, sid = x.shape[0], setting["id"]
+    pool_x, pool_y = (x, y) if target_pool is None else target_pool
     with torch.no_grad():
         probs = torch.softmax(model(x), 1)
     pred = probs.argmax(1)
@@ -436,7 +466,7 @@ def _run_setting(model, x, y, setting: dict, *, model_name: str, seed: int, batc
 
     attack_target = None
     if setting["kind"] == "targeted":
-        _, attack_target = target_maps(model, x, y, setting["method"], options=setting["method_options"],
+        _, attack_target = target_maps(model, pool_x, pool_y, setting["method"], options=setting["method_options"],
                                        seed=derive_seed(seed, "target", sid), convention=setting["convention"],
                                        batch_size=batch_size, index=targets)
     diag = _attack(model, x, y, setting, seed=seed, target_map=attack_target, batch_size=batch_size)
@@ -446,7 +476,7 @@ def _run_setting(model, x, y, setting: dict, *, model_name: str, seed: int, batc
     adv_conf = adv_probs.gather(1, pred.view(-1, 1)).flatten()
     label_kept = adv_probs.argmax(1) == pred
 
-    record = {"x_adv": x_adv.float().cpu(), "image": torch.arange(n), "label": y.long().cpu(),
+    record = {"x_adv": x_adv.float().cpu(), "image": torch.arange(offset, offset + n), "label": y.long().cpu(),
               "pred": pred.long().cpu()}
     for name, value in diag.items():
         value = value.detach().cpu()
@@ -479,14 +509,15 @@ def _run_setting(model, x, y, setting: dict, *, model_name: str, seed: int, batc
         if targets is not None:
             key = ("target", em, setting["convention"])
             if key not in clean_maps:
-                clean_maps[key] = target_maps(model, x, y, em, options=opts, seed=derive_seed(seed, "target", em),
+                clean_maps[key] = target_maps(model, pool_x, pool_y, em, options=opts,
+                                              seed=derive_seed(seed, "target", em),
                                               convention=setting["convention"], batch_size=batch_size,
                                               index=targets)[1]
             dist = target_distance(adv_map, clean_maps[key]).double().cpu().numpy()
             clean_dist = target_distance(clean, clean_maps[key]).double().cpu().numpy()
         frames.append(pd.DataFrame({
             "model": model_name, "setting": sid, "attacked_method": setting["method"], "kind": setting["kind"],
-            "epsilon": setting["epsilon"], "image": np.arange(n), "label": record["label"].numpy(),
+            "epsilon": setting["epsilon"], "image": np.arange(offset, offset + n), "label": record["label"].numpy(),
             "evaluated_method": em, **metrics, "score": record["score"].double().numpy(),
             "target_distance": dist, "clean_target_distance": clean_dist,
             "linf": (x_adv - x).flatten(1).abs().amax(1).double().cpu().numpy(),
@@ -540,8 +571,18 @@ def _load_partial(path: Path, expected: str, log) -> dict | None:
 
 
 def _save_pt(path: Path, obj) -> None:
+    # through a file object: torch.save names the archive inside the zip after a path (the random temporary
+    # name), but "archive" for a file object, so equal records give equal bytes
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(obj, fh)
+
+
+def _write_table(path: Path, frame: pd.DataFrame) -> None:
+    # gzip with mtime 0 and no file name in the header (pandas would store the random temporary name), so
+    # equal tables give equal bytes
+    data = gzip.compress(_csv_text(frame).encode(), mtime=0)
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        tmp.write_bytes(data)
 
 
 def load_records(path) -> dict[str, dict[str, Tensor]]:
@@ -574,19 +615,29 @@ def load_table(path) -> pd.DataFrame:
 # ------------------------------------------------------------------------------------------------------ run
 def run(params: dict, model_name: str, *, checkpoints="data/checkpoints", records="data/attacks",
         tables="results/attacks", timings="results/timings", partials="data/cache/partial/attacks",
-        device="cpu", root: Path | None = None, log=None) -> dict:
+        device="cpu", root: Path | None = None, log=None, dist=None) -> dict | None:
     """Attack ``model_name`` with every setting that applies to it; write records, table and timings.
 
+    ``dist``: a :class:`smoothgeo.distributed.Context` (initialised) to attack this rank's contiguous run of
+    shards (``attacks.shard_size``) and gather them on rank 0, which writes the outputs; None = one process.
+
     Returns:
-        The timings record (also written as JSON).
+        The timings record (also written as JSON); None on ranks other than 0.
     """
+    rank, world = (0, 1) if dist is None else (dist.rank, dist.world_size)
+
     def say(msg):
+        msg = msg if world == 1 else f"rank {rank}: {msg}"
         print(msg, file=sys.stderr, flush=True) if log is None else log(msg)
 
     start = time.perf_counter()
     check_params(params)
     section = params["attacks"]
     seed = int(params.get("seed", 0))
+    shard = section.get("shard_size")
+    if world > 1 and shard is None:
+        raise ValueError(f"attacks.shard_size=None is invalid with {world} ranks; allowed: an integer >= 1 "
+                         "(images per shard; the outputs depend on it, not on the number of ranks)")
     dev = torch.device(device)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
@@ -600,60 +651,114 @@ def run(params: dict, model_name: str, *, checkpoints="data/checkpoints", record
     fingerprints = {"model_name": model_name, "model": _fingerprint(*model.state_dict().values()),
                     "data": _fingerprint(x, y), "seed": seed, "batch_size": section.get("batch_size")}
     batch_size = section.get("batch_size")
+    n = x.shape[0]
+    # shards: (start, stop) image ranges attacked as independent units; None = all images, the seed as is
+    shards = [None] if shard is None else [(a, min(a + shard, n)) for a in range(0, n, shard)]
+    mine = [shards[i] for i in distributed.contiguous_shard(len(shards), rank, world)]
+
+    def part_name(sid, sh):
+        return sid if sh is None else f"{sid}@{sh[0]}-{sh[1]}"
 
     part_dir = Path(partials) / model_name
-    wanted = {s["id"] for s in settings}
+    wanted = {part_name(s["id"], sh) for s in settings for sh in shards}
     if part_dir.exists():
         for stale in sorted(part_dir.glob("*.pt")):
             if stale.stem not in wanted:
                 say(f"discarding partial {stale}: setting {stale.stem!r} is no longer configured for {model_name}")
-                stale.unlink()
+                stale.unlink(missing_ok=True)
 
     targets = None
     if any(s["kind"] == "targeted" for s in settings):
         targets = pick_targets(y)
-    records_out: dict[str, dict[str, Tensor]] = {}
-    frames, seconds, computed, resumed = [], {}, [], []
-    clean_maps: dict = {}
+    parts: dict[str, list] = {}           # setting id -> [(shard, record, frame, seconds)] of this rank
+    computed, resumed = [], []
+    caches: dict = {sh: {} for sh in mine}  # clean maps per shard, shared by the settings
     with eval_mode(model):
         for i, setting in enumerate(settings, 1):
             sid = setting["id"]
-            path = part_dir / f"{sid}.pt"
-            expected = _setting_hash(setting, fingerprints)
-            obj = _load_partial(path, expected, say)
-            if obj is not None:
-                record, frame, secs = obj["record"], _read_csv_text(obj["rows"]), float(obj["seconds"])
-                resumed.append(sid)
-                note = "resumed"
-            else:
-                t0 = time.perf_counter()
-                record, frame = _run_setting(model, x, y, setting, model_name=model_name, seed=seed,
-                                             batch_size=batch_size, clean_maps=clean_maps,
-                                             targets=targets if setting["kind"] == "targeted" else None)
-                secs = time.perf_counter() - t0
-                _save_pt(path, {"hash": expected, "record": record, "rows": _csv_text(frame), "seconds": secs})
-                computed.append(sid)
-                note = f"{secs:.1f} s"
-            records_out[sid], seconds[sid] = record, secs
-            frames.append(frame)
-            att = record["attacked"]
-            say(f"[{i}/{len(settings)}] {model_name} {sid}: {_summary_line(setting, record, frame)} ({note})")
+            parts[sid] = []
+            for sh in mine:
+                name = part_name(sid, sh)
+                path = part_dir / f"{name}.pt"
+                prints = fingerprints if sh is None else {**fingerprints, "shard": list(sh)}
+                expected = _setting_hash(setting, prints)
+                obj = _load_partial(path, expected, say)
+                if obj is not None:
+                    record, frame, secs = obj["record"], _read_csv_text(obj["rows"]), float(obj["seconds"])
+                    resumed.append(name)
+                    note = "resumed"
+                else:
+                    t0 = time.perf_counter()
+                    kind_targets = targets if setting["kind"] == "targeted" else None
+                    if sh is None:
+                        record, frame = _run_setting(model, x, y, setting, model_name=model_name, seed=seed,
+                                                     batch_size=batch_size, clean_maps=caches[sh],
+                                                     targets=kind_targets)
+                    else:
+                        a, b = sh
+                        record, frame = _run_setting(
+                            model, x[a:b], y[a:b], setting, model_name=model_name,
+                            seed=derive_seed(seed, "images", a, b), batch_size=batch_size, clean_maps=caches[sh],
+                            targets=None if kind_targets is None else kind_targets[a:b], offset=a,
+                            target_pool=(x, y))
+                    secs = time.perf_counter() - t0
+                    _save_pt(path, {"hash": expected, "record": record, "rows": _csv_text(frame),
+                                    "seconds": secs})
+                    computed.append(name)
+                    note = f"{secs:.1f} s"
+                parts[sid].append((sh, record, frame, secs))
+                where = "" if sh is None else f" images {sh[0]}-{sh[1] - 1}"
+                say(f"[{i}/{len(settings)}] {model_name} {sid}{where}: {_summary_line(setting, record, frame)} "
+                    f"({note})")
 
-    table = _frame(pd.concat(frames, ignore_index=True)) if frames else _frame(pd.DataFrame(columns=COLUMNS))
-    _save_pt(Path(records) / f"{model_name}.pt", records_out)
-    atomic_write_csv(Path(tables) / f"{model_name}.csv.gz", table, compression={"method": "gzip", "mtime": 0})
-    if part_dir.exists():
-        shutil.rmtree(part_dir)
-    wall = time.perf_counter() - start
-    rec = {"stage": "attack", "model": model_name, "wall_seconds": round(wall, 3),
-           "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-           "peak_cuda_mib": (round(torch.cuda.max_memory_allocated(dev) / 2**20, 1) if dev.type == "cuda" else None),
-           "device": str(dev), "threads": torch.get_num_threads(), "images": int(x.shape[0]),
-           "settings": len(settings), "computed": computed, "resumed": resumed,
-           "setting_seconds": {k: round(v, 3) for k, v in seconds.items()}}
-    atomic_write_json(Path(timings) / f"attack-{model_name}.json", rec)
-    say(f"{model_name}: {len(settings)} settings ({len(resumed)} resumed), {len(table)} rows, {wall:.1f} s, "
-        f"peak RSS {rec['peak_rss_mib']:.0f} MiB -> {Path(records) / f'{model_name}.pt'}")
+    gathered = distributed.gather_to_root(dist, {"parts": parts, "computed": computed, "resumed": resumed})
+    rec = None
+    if rank == 0:
+        records_out: dict[str, dict[str, Tensor]] = {}
+        frames, seconds = [], {}
+        computed = [c for g in gathered for c in g["computed"]]
+        resumed = [r for g in gathered for r in g["resumed"]]
+        for setting in settings:
+            sid = setting["id"]
+            pieces = [p for g in gathered for p in g["parts"][sid]]
+            if shard is None:
+                (_, record, frame, secs), = pieces
+            else:
+                pieces.sort(key=lambda p: p[0][0])
+                record = {k: torch.cat([p[1][k] for p in pieces]) for k in pieces[0][1]}
+                frame = _frame(pd.concat([p[2] for p in pieces], ignore_index=True))
+                secs = sum(p[3] for p in pieces)
+                say(f"{model_name} {sid}: {_summary_line(setting, record, frame)} ({len(pieces)} shards)")
+            # interned keys: pickle shares equal key objects, so resumed or gathered records (keys unpickled as
+            # separate strings) would otherwise give other bytes for the same content
+            records_out[sys.intern(sid)] = {sys.intern(k): v for k, v in record.items()}
+            seconds[sid] = secs
+            frames.append(frame)
+
+        table = _frame(pd.concat(frames, ignore_index=True)) if frames else _frame(pd.DataFrame(columns=COLUMNS))
+        _save_pt(Path(records) / f"{model_name}.pt", records_out)
+        _write_table(Path(tables) / f"{model_name}.csv.gz", table)
+    distributed.barrier(dist)                     # outputs written: every rank drops its own partials
+    for sid in parts:
+        for sh, *_ in parts[sid]:
+            (part_dir / f"{part_name(sid, sh)}.pt").unlink(missing_ok=True)
+    distributed.barrier(dist)
+    if rank == 0:
+        if part_dir.exists():
+            shutil.rmtree(part_dir, ignore_errors=True)
+        wall = time.perf_counter() - start
+        rec = {"stage": "attack", "model": model_name, "wall_seconds": round(wall, 3),
+               "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+               "peak_cuda_mib": (round(torch.cuda.max_memory_allocated(dev) / 2**20, 1) if dev.type == "cuda"
+                                 else None),
+               "device": str(dev), "threads": torch.get_num_threads(), "images": int(x.shape[0]),
+               "settings": len(settings), "computed": computed, "resumed": resumed,
+               "setting_seconds": {k: round(v, 3) for k, v in seconds.items()}}
+        if shard is not None:
+            rec.update({"shard_size": shard, "shards": len(shards), "world_size": world})
+        atomic_write_json(Path(timings) / f"attack-{model_name}.json", rec)
+        say(f"{model_name}: {len(settings)} settings ({len(resumed)} resumed), {len(table)} rows, {wall:.1f} s, "
+            f"peak RSS {rec['peak_rss_mib']:.0f} MiB -> {Path(records) / f'{model_name}.pt'}")
     return rec
 
 
@@ -670,11 +775,23 @@ def main(argv=None) -> dict:
     parser.add_argument("--partials", default="data/cache/partial/attacks", help="folder of resumable partials")
     parser.add_argument("--device", default=None,
                         help="auto (cuda if available), cpu, cuda, ...; default: params 'device' or auto")
+    parser.add_argument("--distributed", action="store_true",
+                        help="shard over the ranks of torchrun (detected when torchrun starts the stage); "
+                             "needs attacks.shard_size, see smoothgeo.distributed")
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    device = resolve_device(args.device or params.get("device") or "auto")
-    return run(params, args.model, checkpoints=args.checkpoints, records=args.records, tables=args.tables,
-               timings=args.timings, partials=args.partials, device=device)
+    requested = args.device or params.get("device") or "auto"
+    if not (args.distributed or distributed.launched()):
+        return run(params, args.model, checkpoints=args.checkpoints, records=args.records, tables=args.tables,
+                   timings=args.timings, partials=args.partials, device=resolve_device(requested))
+    ctx = distributed.from_env()
+    device = distributed.device_for(ctx, requested)
+    ctx = distributed.init(ctx, device)
+    try:
+        return run(params, args.model, checkpoints=args.checkpoints, records=args.records, tables=args.tables,
+                   timings=args.timings, partials=args.partials, device=device, dist=ctx)
+    finally:
+        distributed.shutdown(ctx)
 
 
 if __name__ == "__main__":
