@@ -95,14 +95,22 @@ def spearman_rho(m1: Tensor, m2: Tensor) -> Tensor:
     return _nan_where_degenerate(rho, m1, m2, "Spearman rho")
 
 
-def kendall_tau(m1: Tensor, m2: Tensor, *, max_elements: int = 2 ** 24) -> Tensor:
-    """Kendall's tau-b over all pixels (scipy's default), exact, O(P^2) in row blocks.
+def kendall_tau(m1: Tensor, m2: Tensor, *, max_elements: int = 2 ** 24, route: str = "auto") -> Tensor:
+    """Kendall's tau-b over all pixels (scipy's default), exact.
 
     ``tau_b = (C - D) / sqrt((n0 - t1) (n0 - t2))`` with n0 = P(P-1)/2 and t1, t2 the tied pairs of each map.
-    Each block compares ``max_elements // (N * P)`` pixels with all others, bounding temporary memory.
+    Two exact routes: ``"fast"``, O(P log P) (Knight's algorithm, :func:`smoothgeo.ranks.kendall_tau_b`, equal to
+    scipy ties included), used automatically for maps of more than 64 pixels; ``"quadratic"``, O(P^2) in row
+    blocks of ``max_elements // (N * P)`` pixels compared with all others (bounded temporary memory).
     """
+    if route not in ("auto", "fast", "quadratic"):
+        raise ValueError(f"route must be 'auto', 'fast' or 'quadratic', got {route!r}")
     a, b = _pair(m1, m2)
     n, p = a.shape
+    if route == "fast" or (route == "auto" and p > 64):
+        from .ranks import kendall_tau_b
+
+        return _nan_where_degenerate(kendall_tau_b(a, b).to(m1.dtype), m1, m2, "Kendall tau")
     block = max(1, max_elements // (n * p))
     s = torch.zeros(n, dtype=torch.float64, device=a.device)    # sum over pairs of sign(da) * sign(db)
     ta = torch.zeros_like(s)                                    # pairs tied in a
