@@ -243,6 +243,18 @@ def main(argv=None) -> int:
     return 0
 
 
+def _test_accuracy(model, data: dict, *, seed: int, device, root) -> float:
+    """Clean accuracy on the profile's whole test split (``data.test_limit`` images, or all): the accuracy of
+    models without a training record of their own (softplus copies), same rule as the training records'."""
+    from .data import load_tensors
+    from .experiments import test_accuracy
+
+    data_root = Path(data["root"]) if root is None else Path(root) / data["root"]
+    x, y = load_tensors(data["dataset"], "test", root=data_root, limit=data.get("test_limit"), seed=seed)
+    with torch.no_grad():
+        return test_accuracy(model, x, y)
+
+
 def _run(args) -> None:
     from .experiments import eval_images
     from .io import atomic_write_json, load_params
@@ -262,6 +274,8 @@ def _run(args) -> None:
     if cfg["bound_setting"] is not None:
         record = _load_record(Path(args.attacks) / f"{args.model}.pt", cfg["bound_setting"])
     frame = measure(model, x, y, cfg=cfg, record=record, name=args.model)
+    frame["test_accuracy"] = _test_accuracy(model, params["data"], seed=params["seed"], device=device,
+                                            root=None if args.root is None else Path(args.root))
     out = Path(args.out) / f"{args.model}.csv.gz"
     write_csv_gz(out, frame)
     rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
