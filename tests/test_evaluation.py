@@ -128,3 +128,15 @@ def test_ensemble_settings_reach_the_attack(setup, full):
     single = one[one.epsilon == 0.1].reset_index(drop=True)
     sm = (ens.evaluated_method == "SM") & ens.attacked
     assert (ens[sm].kendall.to_numpy() <= single[sm].kendall.to_numpy() + 1e-6).all()
+
+
+def test_kendall_blocks_give_identical_values():
+    """compare_maps / attack use smaller Kendall blocks for speed; the value must not change by a bit."""
+    from smoothgeo.attacks import KENDALL_BLOCK
+    from smoothgeo.metrics import kendall_tau
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(7, 28, 28, generator=g), torch.rand(7, 28, 28, generator=g)
+    ties = (b * 4).round()  # many ties
+    for m1, m2 in ((a, b), (a, ties), (ties, ties.flip(0))):
+        assert torch.equal(kendall_tau(m1, m2, max_elements=KENDALL_BLOCK), kendall_tau(m1, m2))
+    assert torch.equal(torch.as_tensor(ev.compare_maps(a, ties, 10)["kendall"]), kendall_tau(a, ties).double())

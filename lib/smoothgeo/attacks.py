@@ -88,6 +88,9 @@ CONVENTIONS = ("grad_times_input", "abs")
 RANDOM_METHODS = frozenset({"SG", "UG"})
 ON_REJECT = ("backtrack", "revert", "continue")
 SELECT = ("kendall", "score")
+#: block size (elements) of :func:`~smoothgeo.metrics.kendall_tau` here: cache-sized blocks are ~5x faster than its
+#: default on 28x28 maps, and the result is bit-identical (the block sums are integers, exact in float64)
+KENDALL_BLOCK = 2 ** 18
 
 
 def derive_seed(seed: int, *keys) -> int:
@@ -392,7 +395,7 @@ def _attack_batch(model, surrogates, x, y, *, kind, method, options, direction_o
                 x_cur = propose(torch.minimum(torch.maximum(x_prop, lo), hi), x_cur)
                 bar.update(1)
 
-            tau = kendall_tau(clean_map, best_map)
+            tau = kendall_tau(clean_map, best_map, max_elements=KENDALL_BLOCK)
             run_stalled = run_rejected >= stall_window
             out["stalled_runs"] += run_stalled.long()
             if j == 0 and r == 0:
@@ -498,7 +501,7 @@ def attack(model: nn.Module, x: Tensor, y, *, method: str = "SM", kind: str = "t
             clean_pred = model(x).argmax(1)
         attacked = clean_pred == y
         try:  # surface bad method_options with a clear message before any work
-            for opts in (options, direction_options):
+            for opts in [options] + ([direction_options] if direction_options != options else []):
                 attribute(method, model, x[:1], y[:1], generator=make_generator(dev, 0), **opts)
         except TypeError as exc:
             raise ValueError(f"method_options {opts} not accepted by method {method!r}: {exc}") from None
