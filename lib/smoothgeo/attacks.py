@@ -17,7 +17,10 @@ the score used to pick the returned iterate (``SCORES``, lower = more successful
 * ``random``: no loss; each step is a fresh draw ``x + eps * s``, s uniform in {-1, +1}^d (clipped to
   [0, 1]), independent of the previous iterate: the floor every real attack must beat. ``steps`` draws per
   restart, the accepted one with the lowest top-k intersection is kept. (Ghorbani et al.'s code instead walks
-  with random signed steps of size ``step_size``.)
+  with random signed steps of size ``step_size``.) The draws are ``steps * restarts`` sign draws plus one
+  uniform start per restart after the first, whatever the method (the attribution only scores each draw), and
+  an ensemble does not multiply them (``random`` runs once), so the same ``steps`` and ``restarts`` give every
+  method the same floor; rejected draws count.
 
 Losses are computed on the surrogate's map; scores on the original model's map.
 
@@ -427,7 +430,7 @@ def attack(model: nn.Module, x: Tensor, y, *, method: str = "SM", kind: str = "t
         kind: "topk", "mass_center", "targeted" or "random".
         epsilon: L-inf radius in pixel units, in [0, 1].
         step_size: alpha, the size of each signed step (> 0; unused by "random").
-        steps: iterations per restart (for "random": noise draws per restart).
+        steps: iterations per restart (for "random": noise draws per restart, the same for every method).
         k: pixels in the top-k set, in [1, H*W].
         beta: softplus beta of the surrogate that gives the attack direction; None uses ``model`` itself.
             Ignored when ``surrogates`` is given.
