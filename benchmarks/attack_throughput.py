@@ -8,7 +8,7 @@ inputs, prints
   step and one with zero steps, so the per-attack set-up (clean map, Kendall of the result) is excluded;
 * the wall time of one iteration, (t(steps) - t(0)) / steps, as iterations per second of the whole batch and
   image-iterations per second, and the achieved GFLOP/s as a fraction of the measured float32 matmul peak
-  (the best of a few ``n x n @ n x n`` products with the same thread count);
+  (the best of a few ``n x n @ n x n`` products with the same thread count, measured before each method too);
 * the whole attack (set-up included) batched vs a Python loop over single images, as before.
 
 Inputs are uniform random images labelled with the model's own predictions, so every image is attacked;
@@ -106,7 +106,7 @@ def main() -> None:
         print(f"\n{device.type} ({name}): float32 matmul peak {peak / 1e9:.1f} GFLOP/s "
               f"({args.matmul_size}^3, best of 5)")
         print(f"{'method':6s} {'MFLOP/img/it':>12s} {'s/it':>8s} {'it/s':>7s} {'img*it/s':>9s} {'GFLOP/s':>8s} "
-              f"{'of peak':>7s} {'batched':>8s} {'1-by-1':>7s} {'speed-up':>8s}")
+              f"{'of peak':>7s} {'peak':>6s} {'batched':>8s} {'1-by-1':>7s} {'speed-up':>8s}")
         model = model.to(device).eval()
         x = x_cpu.to(device)
         with torch.no_grad():
@@ -127,16 +127,19 @@ def main() -> None:
             t_setup = _timed(lambda: run(0), device, args.repeats)
             t_full = _timed(lambda: run(args.steps), device, args.repeats)
             per_it = max(t_full - t_setup, 1e-9) / max(args.steps, 1)
+            peak = max(peak, matmul_peak(device, args.matmul_size))  # the shared machine: keep the best seen
             rate = flops / per_it
             work = args.images * args.steps
             line = (f"{method:6s} {flops / args.images / 1e6:12.1f} {per_it:8.4f} {1 / per_it:7.2f} "
-                    f"{args.images / per_it:9.1f} {rate / 1e9:8.1f} {rate / peak:7.0%} {work / t_full:8.1f}")
+                    f"{args.images / per_it:9.1f} {rate / 1e9:8.1f} {rate / peak:7.0%} {peak / 1e9:6.1f} "
+                    f"{work / t_full:8.1f}")
             if not args.no_single:
                 single = _timed(lambda: [run(args.steps, x[i:i + 1], y[i:i + 1]) for i in range(len(x))], device)
                 line += f" {work / single:7.1f} {single / t_full:7.1f}x"
             print(line, flush=True)
-    print("\nMFLOP/img/it, s/it, it/s, img*it/s, GFLOP/s: one iteration without the per-attack set-up; "
-          "batched, 1-by-1: image-iterations per second of whole attacks (set-up included).")
+    print("\nMFLOP/img/it, s/it, it/s, img*it/s, GFLOP/s: one iteration without the per-attack set-up; peak: "
+          "the best matmul GFLOP/s seen so far; batched, 1-by-1: image-iterations per second of whole attacks "
+          "(set-up included).")
 
 
 if __name__ == "__main__":

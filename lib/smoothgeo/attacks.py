@@ -45,8 +45,9 @@ Design choices (see :func:`attack` for the arguments):
 
   ``kind="random"`` draws every proposal around ``x`` itself, so ``on_reject`` does not change its proposals.
 * A run (one restart) *ended stalled* for an image when its last ``stall_window`` proposals were all rejected.
-  Under ``"revert"`` with SM/IG that is the first rejection repeated; under ``"backtrack"`` it means even a step
-  of ``step_size / 2**(stall_window - 1)`` changes the label (the image sits on the decision boundary).
+  Under ``"revert"`` with SM/IG that is the first rejection repeated; under ``"backtrack"`` it means that even a
+  step of at most ``step_size / 2**(stall_window - 1)`` changed the label (the image sits on the decision
+  boundary, where the attack has nowhere left to go).
   ``AttackResult.stalled`` reports it for the run that produced ``x_adv``, ``stalled_runs`` counts all runs.
 * Only correctly classified images (``model(x).argmax(1) == y``) are attacked; the others come back unchanged
   with ``attacked=False`` and NaN scores.
@@ -71,6 +72,7 @@ Design choices (see :func:`attack` for the arguments):
 from __future__ import annotations
 
 import hashlib
+import numbers
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Callable, Sequence
@@ -262,7 +264,7 @@ def _check_settings(*, method, kind, epsilon, step_size, steps, k, beta, restart
             raise ValueError(f"surrogates must be a non-empty sequence of softplus betas (> 0) or None entries, "
                              f"got {surrogates!r}")
         for b in surrogates:
-            if b is not None and not (isinstance(b, (int, float)) and b > 0):
+            if b is not None and not (isinstance(b, numbers.Real) and not isinstance(b, bool) and b > 0):
                 raise ValueError(f"every entry of surrogates must be a softplus beta > 0 or None (the model's own "
                                  f"gradient), got {b!r}")
         if len(set(surrogates)) != len(surrogates):
