@@ -128,3 +128,36 @@ def test_ensemble_settings_reach_the_attack(setup, full):
     single = one[one.epsilon == 0.1].reset_index(drop=True)
     sm = (ens.evaluated_method == "SM") & ens.attacked
     assert (ens[sm].kendall.to_numpy() <= single[sm].kendall.to_numpy() + 1e-6).all()
+
+
+def test_kendall_blocks_give_identical_values():
+    """compare_maps / attack use smaller Kendall blocks for speed; the value must not change by a bit."""
+    from smoothgeo.attacks import KENDALL_BLOCK
+    from smoothgeo.metrics import kendall_tau
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(7, 28, 28, generator=g), torch.rand(7, 28, 28, generator=g)
+    ties = (b * 4).round()  # many ties
+    for m1, m2 in ((a, b), (a, ties), (ties, ties.flip(0))):
+        assert torch.equal(kendall_tau(m1, m2, max_elements=KENDALL_BLOCK), kendall_tau(m1, m2))
+    assert torch.equal(torch.as_tensor(ev.compare_maps(a, ties, 10)["kendall"]), kendall_tau(a, ties).double())
+
+
+def test_random_floor_draws_do_not_depend_on_the_method(setup, monkeypatch):
+    """The random attack takes `steps` draws per restart whatever the method; random_steps fixes them apart
+    from the other kinds' steps, so per-method steps can share one floor."""
+    model, x, y = setup
+    calls = []
+    real_attack = ev.attack
+    monkeypatch.setattr(ev, "attack", lambda *a, **kw: calls.append((kw["method"], kw["kind"], kw["steps"]))
+                        or real_attack(*a, **kw))
+    for method, steps in (("SM", 3), ("IG", 2)):
+        evaluate(model, x, y, **{**SETTINGS, "attacked_methods": method, "evaluated_methods": [method],
+                                 "epsilons": [0.1], "steps": steps}, random_steps=4)
+    assert calls == [("SM", "topk", 3), ("SM", "random", 4), ("IG", "topk", 2), ("IG", "random", 4)]
+    from smoothgeo.attacks import attack
+    sm = attack(model, x, y, method="SM", kind="random", steps=4, k=10, restarts=2)
+    ig = attack(model, x, y, method="IG", kind="random", steps=4, k=10, restarts=2, method_options=OPTS["IG"])
+    a = sm.attacked
+    assert torch.equal(sm.accepted_steps + sm.rejected_steps, ig.accepted_steps + ig.rejected_steps)
+    # steps x restarts sign draws, plus the uniform start of the second restart
+    assert bool((sm.accepted_steps[a] + sm.rejected_steps[a] == 2 * 4 + 1).all())

@@ -36,7 +36,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from .attacks import (KINDS, RANDOM_METHODS, attack, check_images, derive_seed, eval_mode)
+from .attacks import (KENDALL_BLOCK, KINDS, RANDOM_METHODS, attack, check_images, derive_seed, eval_mode)
 from .attributions import METHODS, attribute, make_generator, map_of
 from .io import atomic_write_csv, atomic_write_json
 from .metrics import METRICS
@@ -72,7 +72,12 @@ def compare_maps(clean: Tensor, adv: Tensor, k: int) -> dict[str, np.ndarray]:
     out = {}
     for name in METRIC_COLUMNS:
         fn = METRICS[name]
-        value = fn(clean, adv, k) if name == "topk" else fn(clean, adv)
+        if name == "topk":
+            value = fn(clean, adv, k)
+        elif name == "kendall":
+            value = fn(clean, adv, max_elements=KENDALL_BLOCK)  # same value, faster
+        else:
+            value = fn(clean, adv)
         out[name] = value.detach().double().cpu().numpy()
     return out
 
@@ -142,7 +147,8 @@ def evaluate(model: nn.Module, x: Tensor, y, *, attacked_methods: str | Sequence
              convention: str = "grad_times_input", map_weight: float = 1.0, output_weight: float = 1.0,
              on_reject: str = "backtrack", batch_size: int | None = None, partial_path=None,
              on_mismatch: str = "raise", progress: bool = True, stall_window: int = 5,
-             surrogates: Sequence[float | None] | None = None, select: str = "kendall") -> pd.DataFrame:
+             surrogates: Sequence[float | None] | None = None, select: str = "kendall",
+             random_steps: int | None = None) -> pd.DataFrame:
     """Attack and evaluate; one row per (unit, image, evaluated method), columns :data:`COLUMNS`.
 
     Args:
@@ -156,6 +162,8 @@ def evaluate(model: nn.Module, x: Tensor, y, *, attacked_methods: str | Sequence
             stall_window, surrogates, select, batch_size: passed to :func:`smoothgeo.attacks.attack` (``k`` and
             ``convention`` also for metrics).
         seed: base seed; each unit and each evaluation draw derives its own.
+        random_steps: noise draws (per restart) of ``kind="random"``; None = ``steps``. Lets calls with per-method
+            ``steps`` (e.g. SM 100, IG 30) give every method the same random floor.
         method_options: per method name, its attribution options, e.g. ``{"IG": {"steps": 50},
             "SG": {"noise_level": 0.1, "samples": 50}}``; used for attacking and evaluating alike.
         direction_options: per method name, overrides for the attack direction only (e.g. fewer samples),
@@ -197,8 +205,9 @@ def evaluate(model: nn.Module, x: Tensor, y, *, attacked_methods: str | Sequence
               "target_map": None if target_map is None else _fingerprint(torch.as_tensor(target_map)),
               "convention": convention, "map_weight": map_weight, "output_weight": output_weight,
               "on_reject": on_reject, "stall_window": stall_window, "batch_size": batch_size}
-    if surrogates is not None or select != "kendall":  # absent keys keep older partial files' hashes
-        config.update(surrogates=None if surrogates is None else list(surrogates), select=select)
+    if surrogates is not None or select != "kendall" or random_steps is not None:  # absent: older hashes hold
+        config.update(surrogates=None if surrogates is None else list(surrogates), select=select,
+                      random_steps=random_steps)
     config_hash = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
     path = None if partial_path is None else Path(partial_path)
     if on_mismatch not in ("raise", "restart"):
@@ -224,7 +233,8 @@ def evaluate(model: nn.Module, x: Tensor, y, *, attacked_methods: str | Sequence
 
         todo = [u for u in units if u not in finished]
         for am, kind, eps in tqdm(todo, disable=not progress, desc="attack units"):
-            result = attack(model, x, y, method=am, kind=kind, epsilon=eps, step_size=step_size, steps=steps,
+            unit_steps = steps if kind != "random" or random_steps is None else random_steps
+            result = attack(model, x, y, method=am, kind=kind, epsilon=eps, step_size=step_size, steps=unit_steps,
                             k=k, beta=beta, restarts=restarts, seed=derive_seed(seed, "attack", am, kind, eps),
                             method_options=method_options.get(am), direction_options=direction_options.get(am),
                             target_map=target_map,
