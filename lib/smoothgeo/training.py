@@ -40,7 +40,7 @@ from .geometry import evaluating, lambda_max_penalty
 __all__ = [
     "natural_loss", "weight_decay_loss", "madry_loss", "ig_norm_loss", "ssr_loss", "RECIPES", "OPTIONS",
     "check_options", "pgd_linf", "ig_of_loss", "fit", "evaluate_accuracy", "make_optimizer", "epoch_seed",
-    "OPTIMIZERS", "TOP_CLASSES",
+    "OPTIMIZERS", "TOP_CLASSES", "RITZ_VECTORS",
 ]
 
 
@@ -140,12 +140,14 @@ def ig_norm_loss(model: nn.Module, x: Tensor, y: Tensor, *, epsilon: float = 0.1
     return loss, {"ce": ce.item(), "ig_norm": ig.item(), "acc": _accuracy(logits, y)}
 
 
-#: SSR's default ``top_classes`` (0 = exact lambda_max; m = merged-class route, see :func:`ssr_loss`)
+#: SSR's default ``top_classes`` and ``ritz_vectors`` (0 and 0 = exact lambda_max; see :func:`ssr_loss`)
 TOP_CLASSES = 0
+RITZ_VECTORS = 0
 
 
 def ssr_loss(model: nn.Module, x: Tensor, y: Tensor, *, alpha: float = 0.3, scale: float = 1.0,
-             average_channels: bool = False, top_classes: int = TOP_CLASSES) -> tuple[Tensor, dict]:
+             average_channels: bool = False, top_classes: int = TOP_CLASSES, ritz_vectors: int = RITZ_VECTORS
+             ) -> tuple[Tensor, dict]:
     """SSR (Wang et al. 2020): ``(1 - alpha) CE + alpha * scale * mean_batch lambda_max(H_x CE)``.
 
     lambda_max per image by :func:`smoothgeo.geometry.lambda_max_penalty`. ``top_classes = 0``: the exact
@@ -180,7 +182,8 @@ OPTIONS: dict[str, dict[str, tuple]] = {
                 "ig_steps": (10, _I, 1, None, True), "steps": (3, _I, 1, None, True),
                 "step_size": (0.05, _F, 0.0, None, False), "random_start": (True, _B, None, None, True)},
     "ssr": {"alpha": (0.3, _F, 0.0, 1.0, True), "scale": (1.0, _F, 0.0, None, True),
-            "average_channels": (False, _B, None, None, True), "top_classes": (TOP_CLASSES, _I, 0, None, True)},
+            "average_channels": (False, _B, None, None, True), "top_classes": (TOP_CLASSES, _I, 0, None, True),
+            "ritz_vectors": (RITZ_VECTORS, _I, 0, None, True)},
 }
 
 
