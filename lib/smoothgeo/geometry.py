@@ -8,7 +8,11 @@
   Smooth networks (Softplus, Tanh, GELU, ...) use power iteration on Hessian-vector products.
 * :func:`ce_hessian_factor` / :func:`ce_hessian_lambda_max`: the C x C routine itself; the SSR recipe's
   :func:`lambda_max_penalty` builds on the same function (its value is this lambda_max, its weight gradient the
-  eigenvalue derivative, computed with a single ``create_graph`` backward pass).
+  eigenvalue derivative, computed with a single ``create_graph`` backward pass). Two cheaper routes for
+  training need fewer than C Jacobian rows and never overestimate: ``top_classes`` (merge all but the m most
+  probable classes into one; error bounded by the dropped within-group gradient spread) and ``ritz_vectors``
+  (Rayleigh-Ritz on a subspace picked from the last linear layer); their errors on trained models are
+  measured by ``benchmarks/ssr_error.py``.
 * :func:`gradient_lipschitz`: the empirical ratio ``||grad f_c(x) - grad f_c(x')|| / ||x - x'||`` over random
   or adversarial neighbours ``x'`` in the L-inf ball (the quantity that bounds how far a gradient attribution
   can move).

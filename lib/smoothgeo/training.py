@@ -19,7 +19,8 @@ defaults and allowed ranges (:func:`check_options`). :func:`fit` is the single l
   lambda_max by the exact C x C route of :func:`smoothgeo.geometry.ce_hessian_factor` (exact for
   piecewise-linear networks), made differentiable by :func:`smoothgeo.geometry.lambda_max_penalty`.
   ``average_channels`` (default False = exact Hessian) averages the Jacobian over colour channels as the
-  reference code did (a no-op on 1-channel Fashion-MNIST).
+  reference code did (a no-op on 1-channel Fashion-MNIST). ``top_classes`` / ``ritz_vectors`` (default 0 =
+  exact) switch to a cheaper lambda_max that never overestimates (see :func:`ssr_loss`).
 
 Attacks inside a recipe (madry, ig_norm) run the model in eval mode and restore its mode; the loss itself is
 computed in the model's training mode. Everything follows the device of the model and the batch.
