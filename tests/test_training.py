@@ -78,11 +78,11 @@ def test_ssr_merged_class_route_is_close_to_exact_and_never_above():
     assert logs_m["lambda_max"] == pytest.approx(logs["lambda_max"], rel=1e-10)
     for a, b in zip(torch.autograd.grad(merged, params), torch.autograd.grad(exact, params)):
         torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-12)
-    for m in range(1, n_classes - 1):
+    for m in range(1, n_classes - 1):  # a real approximation: below the exact value, not equal to it
         _, logs_m = ssr_loss(model, x, y, alpha=1.0, scale=1.0, top_classes=m)
-        assert logs_m["lambda_max"] <= logs["lambda_max"] * (1 + 1e-12)
+        assert logs_m["lambda_max"] < logs["lambda_max"] * (1 - 1e-6)
         _, logs_k = ssr_loss(model, x, y, alpha=1.0, scale=1.0, ritz_vectors=m)
-        assert logs_k["lambda_max"] <= logs["lambda_max"] * (1 + 1e-12)
+        assert logs_k["lambda_max"] < logs["lambda_max"] * (1 - 1e-6)
     ritz, logs_k = ssr_loss(model, x, y, alpha=1.0, scale=1.0, ritz_vectors=n_classes - 1)
     assert logs_k["lambda_max"] == pytest.approx(logs["lambda_max"], rel=1e-9)
 

@@ -151,16 +151,19 @@ def ssr_loss(model: nn.Module, x: Tensor, y: Tensor, *, alpha: float = 0.3, scal
              ) -> tuple[Tensor, dict]:
     """SSR (Wang et al. 2020): ``(1 - alpha) CE + alpha * scale * mean_batch lambda_max(H_x CE)``.
 
-    lambda_max per image by :func:`smoothgeo.geometry.lambda_max_penalty`. ``top_classes = 0``: the exact
-    route, one forward pass, C graph-free backward passes for every image's Jacobian (batched over the batch),
+    lambda_max per image by :func:`smoothgeo.geometry.lambda_max_penalty`. ``top_classes = ritz_vectors = 0``:
+    the exact route, one forward pass, C graph-free backward passes for every image's Jacobian (batched over the batch),
     the exact C x C eigenproblem, and one ``create_graph`` backward pass that makes the penalty differentiable
     w.r.t. the weights. ``top_classes = m`` (1 <= m < C): the merged-class route, each image's m most probable
     classes kept and the rest merged into one class; m graph-free passes instead of C, the value never above
     the exact lambda_max and short of it by at most the dropped within-rest gradient spread (bound and measured
-    errors in :func:`~smoothgeo.geometry.lambda_max_penalty` and ``benchmarks/ssr_error.py``). The penalty
-    vanishes where ``p`` is near one-hot.
+    errors in :func:`~smoothgeo.geometry.lambda_max_penalty` and ``benchmarks/ssr_error.py``).
+    ``ritz_vectors = k`` (1 <= k < C; instead of ``top_classes``): the Rayleigh-Ritz value on a k-dimensional
+    subspace picked for free from the last linear layer; k graph-free passes, never above the exact value, no a
+    priori bound (measured in the benchmark). The penalty vanishes where ``p`` is near one-hot.
     """
-    logits, lam = lambda_max_penalty(model, x, average_channels=average_channels, top_classes=top_classes)
+    logits, lam = lambda_max_penalty(model, x, average_channels=average_channels, top_classes=top_classes,
+                                     ritz_vectors=ritz_vectors)
     lam_max = lam.mean()
     ce = F.cross_entropy(logits, y)
     loss = (1 - alpha) * ce + alpha * scale * lam_max
