@@ -4,11 +4,12 @@ Default protocol: FashionCNN on Fashion-MNIST, batch 128 (469 batches per epoch 
 Recipe options come from params.yaml (the first train entry of each recipe) when it exists, else the built-in
 defaults below. ``--batches N`` times N optimisation steps per recipe (after ``--warmup`` untimed ones) and
 extrapolates to a full epoch; the output says so. SSR runs twice or more: ``ssr`` with the exact lambda_max
-(``top_classes=0``) and ``ssr top-m`` with the merged-class route for each m of ``--ssr-top-classes``; the last
-lines give each SSR variant's cost relative to Madry and to natural training.
+(``top_classes=0``), ``ssr top-m`` with the merged-class route for each m of ``--ssr-top-classes`` and ``ssr ritz-k``
+with the Ritz route for each k of ``--ssr-ritz``; the last lines give each SSR variant's cost relative to Madry
+and to natural training (errors of the fast routes: ``benchmarks/ssr_error.py``).
 
     python benchmarks/training_cost.py --batches 20
-    python benchmarks/training_cost.py --recipes natural madry ssr --ssr-top-classes 2 3
+    python benchmarks/training_cost.py --recipes natural madry ssr --ssr-top-classes 2 3 --ssr-ritz 2 3
     python benchmarks/training_cost.py --batches 5 --jacobian   # also compare ways to differentiate SSR's lambda_max
 """
 from __future__ import annotations
@@ -69,14 +70,17 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def variants(recipes: list[str], options: dict[str, dict], ssr_top_classes: list[int]) -> dict[str, tuple]:
-    """Timed label -> (recipe, options): ``ssr`` exact (``top_classes=0``) plus ``ssr top-m`` per m."""
+def variants(recipes: list[str], options: dict[str, dict], ssr_top_classes: list[int],
+             ssr_ritz: list[int] = ()) -> dict[str, tuple]:
+    """Timed label -> (recipe, options): ``ssr`` exact, ``ssr top-m`` per m, ``ssr ritz-k`` per k."""
     out = {}
     for recipe in recipes:
         if recipe == "ssr":
-            out["ssr"] = ("ssr", {**options["ssr"], "top_classes": 0})
+            out["ssr"] = ("ssr", {**options["ssr"], "top_classes": 0, "ritz_vectors": 0})
             for m in ssr_top_classes:
-                out[f"ssr top-{m}"] = ("ssr", {**options["ssr"], "top_classes": m})
+                out[f"ssr top-{m}"] = ("ssr", {**options["ssr"], "top_classes": m, "ritz_vectors": 0})
+            for k in ssr_ritz:
+                out[f"ssr ritz-{k}"] = ("ssr", {**options["ssr"], "top_classes": 0, "ritz_vectors": k})
         else:
             out[recipe] = (recipe, options[recipe])
     return out
@@ -178,8 +182,10 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, default=None,
                         help="recipes take turns in this many rounds (default min(batches, 5))")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--ssr-top-classes", type=int, nargs="*", default=[2, 3],
-                        help="also time SSR with these top_classes (merged-class route; default 2 3)")
+    parser.add_argument("--ssr-top-classes", type=int, nargs="*", default=[3],
+                        help="also time SSR with these top_classes (merged-class route; default 3)")
+    parser.add_argument("--ssr-ritz", type=int, nargs="*", default=[2, 3],
+                        help="also time SSR with these ritz_vectors (Ritz route; default 2 3)")
     parser.add_argument("--jacobian", action="store_true", help="also compare ways to differentiate SSR's lambda_max")
     args = parser.parse_args(argv)
     if args.batches < 1 or args.warmup < 0:
@@ -194,7 +200,7 @@ def main(argv=None) -> None:
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads; data: {source}")
     print(f"FashionCNN, batch {args.batch_size}, Adam; {args.batches} timed batches per recipe after "
           f"{args.warmup} warm-up, recipes taking turns in {rounds} rounds; epoch figures are EXTRAPOLATED to {per_epoch} batches (60,000 images)\n")
-    runs = variants(args.recipes, options, args.ssr_top_classes)
+    runs = variants(args.recipes, options, args.ssr_top_classes, args.ssr_ritz)
     results = time_recipes(runs, batches, args.warmup, rounds, device)
     base = results.get("natural")
     print(f"{'recipe':13s} {'s/batch':>9s} {'s/epoch (extrap.)':>18s} {'x natural':>10s}  options")

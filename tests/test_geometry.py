@@ -256,3 +256,40 @@ def test_merged_class_penalty_is_finite_for_one_hot_probabilities():
     for m in (0, 1, 2):
         with pytest.raises(ValueError, match="average_channels needs image"):
             lambda_max_penalty(model, x, top_classes=m, average_channels=True)
+
+
+@pytest.mark.parametrize("average_channels", [False, True])
+def test_ritz_penalty_is_a_lower_bound_and_exact_with_enough_vectors(average_channels):
+    from smoothgeo.geometry import lambda_max_penalty
+
+    torch.manual_seed(11)
+    model = _tiny_conv().double()  # 5 classes, last layer Linear(36, 5) after a ReLU + max-pool
+    x = 3 * torch.rand(6, 2, 6, 6, dtype=torch.float64)
+    params = list(model.parameters())
+    _, exact = lambda_max_penalty(model, x, average_channels=average_channels)
+    exact_grads = torch.autograd.grad(exact.mean(), params)
+    for k in (4, 5):  # M u = 0 (u = sqrt p): C - 1 proxy eigenvectors already span M's range
+        _, lam = lambda_max_penalty(model, x, average_channels=average_channels, ritz_vectors=k)
+        torch.testing.assert_close(lam, exact, rtol=1e-9, atol=1e-14)
+        for a, b in zip(torch.autograd.grad(lam.mean(), params), exact_grads):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-12)
+    for k in (1, 2, 3):
+        _, lam = lambda_max_penalty(model, x, average_channels=average_channels, ritz_vectors=k)
+        assert (lam.detach() <= exact.detach() * (1 + 1e-10)).all() and (lam.detach() > 0).all()
+        grads = torch.autograd.grad(lam.mean(), params)
+        assert all(torch.isfinite(g).all() for g in grads) and grads[0].abs().sum() > 0
+
+
+def test_ritz_penalty_without_a_final_linear_layer_uses_the_identity_proxy():
+    from smoothgeo.geometry import lambda_max_penalty
+
+    torch.manual_seed(12)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 12), nn.MaxPool1d(3)).double()  # 4 classes
+    x = torch.rand(5, 6, dtype=torch.float64)
+    _, exact = lambda_max_penalty(model, x)
+    _, lam3 = lambda_max_penalty(model, x, ritz_vectors=3)
+    torch.testing.assert_close(lam3, exact, rtol=1e-9, atol=1e-14)
+    _, lam1 = lambda_max_penalty(model, x, ritz_vectors=1)
+    assert torch.isfinite(lam1).all() and (lam1.detach() <= exact.detach() * (1 + 1e-10)).all()
+    with pytest.raises(ValueError, match="not both"):
+        lambda_max_penalty(model, x, top_classes=2, ritz_vectors=2)

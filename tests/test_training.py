@@ -12,7 +12,7 @@ from smoothgeo.checkpoints import CheckpointError, load_checkpoint, save_checkpo
 from smoothgeo.geometry import hessian_max_eig
 from smoothgeo.models import MLP
 from smoothgeo.train import RECORD_KEYS, main, resolve_config
-from smoothgeo.training import (OPTIONS, RECIPES, TOP_CLASSES, check_options, fit, ig_of_loss, pgd_linf, ssr_loss,
+from smoothgeo.training import (OPTIONS, RECIPES, RITZ_VECTORS, TOP_CLASSES, check_options, fit, ig_of_loss, pgd_linf, ssr_loss,
                                 weight_decay_loss)
 
 
@@ -78,9 +78,13 @@ def test_ssr_merged_class_route_is_close_to_exact_and_never_above():
     assert logs_m["lambda_max"] == pytest.approx(logs["lambda_max"], rel=1e-10)
     for a, b in zip(torch.autograd.grad(merged, params), torch.autograd.grad(exact, params)):
         torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-12)
-    for m in range(1, n_classes - 1):
+    for m in range(1, n_classes - 1):  # a real approximation: below the exact value, not equal to it
         _, logs_m = ssr_loss(model, x, y, alpha=1.0, scale=1.0, top_classes=m)
-        assert logs_m["lambda_max"] <= logs["lambda_max"] * (1 + 1e-12)
+        assert logs_m["lambda_max"] < logs["lambda_max"] * (1 - 1e-6)
+        _, logs_k = ssr_loss(model, x, y, alpha=1.0, scale=1.0, ritz_vectors=m)
+        assert logs_k["lambda_max"] < logs["lambda_max"] * (1 - 1e-6)
+    ritz, logs_k = ssr_loss(model, x, y, alpha=1.0, scale=1.0, ritz_vectors=n_classes - 1)
+    assert logs_k["lambda_max"] == pytest.approx(logs["lambda_max"], rel=1e-9)
 
 
 def test_weight_decay_is_an_explicit_l2_penalty_on_kernels():
@@ -122,7 +126,7 @@ def test_ig_of_loss_is_complete():
 
 def test_check_options_errors_name_the_parameter_and_range():
     assert check_options("ssr") == {"alpha": 0.3, "scale": 1.0, "average_channels": False,
-                                    "top_classes": TOP_CLASSES}
+                                    "top_classes": TOP_CLASSES, "ritz_vectors": RITZ_VECTORS}
     with pytest.raises(ValueError, match=r"alpha=1.5 .*0.0 <= alpha <= 1.0"):
         check_options("ssr", {"alpha": 1.5})
     with pytest.raises(ValueError, match="unknown option.*'beta'.*allowed"):

@@ -8,7 +8,11 @@
   Smooth networks (Softplus, Tanh, GELU, ...) use power iteration on Hessian-vector products.
 * :func:`ce_hessian_factor` / :func:`ce_hessian_lambda_max`: the C x C routine itself; the SSR recipe's
   :func:`lambda_max_penalty` builds on the same function (its value is this lambda_max, its weight gradient the
-  eigenvalue derivative, computed with a single ``create_graph`` backward pass).
+  eigenvalue derivative, computed with a single ``create_graph`` backward pass). Two cheaper routes for
+  training need fewer than C Jacobian rows and never overestimate: ``top_classes`` (merge all but the m most
+  probable classes into one; error bounded by the dropped within-group gradient spread) and ``ritz_vectors``
+  (Rayleigh-Ritz on a subspace picked from the last linear layer); their errors on trained models are
+  measured by ``benchmarks/ssr_error.py``.
 * :func:`gradient_lipschitz`: the empirical ratio ``||grad f_c(x) - grad f_c(x')|| / ||x - x'||`` over random
   or adversarial neighbours ``x'`` in the L-inf ball (the quantity that bounds how far a gradient attribution
   can move).
@@ -192,8 +196,17 @@ def merged_class_factor(logits: Tensor, order: Tensor) -> tuple[Tensor, Tensor]:
     return lower[:, :-1, :], onehot - s.unsqueeze(2)
 
 
+def _last_linear(model: nn.Module) -> nn.Linear | None:
+    """The model's last ``nn.Linear`` module in registration order, or None."""
+    last = None
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            last = m
+    return last
+
+
 def lambda_max_penalty(model: nn.Module, x: Tensor, *, average_channels: bool = False,
-                       top_classes: int | None = None) -> tuple[Tensor, Tensor]:
+                       top_classes: int | None = None, ritz_vectors: int | None = None) -> tuple[Tensor, Tensor]:
     """Logits and lambda_max of the input Hessian of CE per image, differentiable w.r.t. the weights (SSR).
 
     Exact route (``top_classes`` None, 0 or >= C): the value is the exact C x C lambda_max. Its gradient
@@ -224,19 +237,69 @@ def lambda_max_penalty(model: nn.Module, x: Tensor, *, average_channels: bool = 
     pass; the weight gradient is the exact gradient of ``lambda_m`` (same eigenvector argument). Measured
     relative errors on trained models: ``benchmarks/ssr_error.py``.
 
+    Ritz route (``ritz_vectors = k``, 1 <= k < C): the Rayleigh-Ritz value of ``M = L^T J J^T L`` on a
+    k-dimensional subspace that costs no backward pass to choose: the top-k eigenvectors ``V`` of the proxy
+    ``L^T W D W^T L``, with ``W`` the weight of the last registered ``nn.Linear`` and ``D`` the 0/1 pattern of
+    its input (the logits' Jacobian w.r.t. that input, masked by the preceding ReLU; ``I`` in place of
+    ``W D W^T`` when that layer does not output the C logits). The proxy only picks the subspace: a poor proxy
+    costs accuracy, never the lower-bound property. Then k graph-free passes ``J^T L V``, a k x k eigenproblem, and the same single
+    ``create_graph`` pass with the Ritz vector held fixed. The value is a Ritz value, so
+    ``0 <= lambda_max - lambda_k`` (Cauchy interlacing); it is exact when the proxy's top-k space holds the true
+    top eigenvector (always at k >= C - 1, since ``M u = 0`` for ``u = sqrt p``); there is no a priori bound on
+    the shortfall: it is measured (``benchmarks/ssr_error.py``). The weight gradient is that of ``||J^T L V y||^2``
+    with ``V y`` fixed, which tends to the exact eigenvalue gradient as the Ritz vector tends to ``v``.
+
     Args:
         x: (N, ...) inputs; the model runs in its current mode (train mode while training).
         average_channels: see :func:`ce_hessian_factor`.
         top_classes: None or 0 (default): exact; m: the merged-class route with m kept classes per image.
+        ritz_vectors: None or 0 (default): not used; k: the Ritz route with k vectors (only one of
+            ``top_classes`` and ``ritz_vectors`` may be set).
     Returns:
         logits (N, C) and lambda_max (N,), both attached to the graph of the weights.
     """
+    if top_classes and ritz_vectors:
+        raise ValueError(f"set top_classes ({top_classes}) or ritz_vectors ({ritz_vectors}), not both")
     x = x.detach().requires_grad_(True)
+    captured: list[Tensor] = []
+    hook = None
+    last = _last_linear(model) if ritz_vectors else None
+    if last is not None:
+        hook = last.register_forward_hook(lambda mod, inp, out: captured.append(inp[0].detach()))
     with torch.enable_grad():
-        logits = model(x)
+        try:
+            logits = model(x)
+        finally:
+            if hook is not None:
+                hook.remove()
         n_classes = logits.shape[1]
         m = _top_classes(top_classes, n_classes)
-        if m == n_classes:
+        k = n_classes if not ritz_vectors else _top_classes(ritz_vectors, n_classes)
+        if ritz_vectors and k < n_classes:
+            with torch.no_grad():
+                lower, _ = ce_hessian_factor(logits)
+                if captured and last.out_features == n_classes:
+                    y = (captured[-1].flatten(1) != 0).to(last.weight.dtype).unsqueeze(1) * last.weight
+                    proxy = (y @ y.transpose(1, 2)).double()                  # W D W^T, (N, C, C)
+                    proxy = lower.transpose(1, 2) @ proxy @ lower
+                else:
+                    proxy = lower.transpose(1, 2) @ lower
+                basis = torch.linalg.eigh(0.5 * (proxy + proxy.transpose(1, 2)))[1][..., -k:]  # (N, C, k)
+                lv = (lower @ basis).to(logits.dtype)
+                rows = [torch.autograd.grad(logits, x, grad_outputs=lv[:, :, i], retain_graph=True)[0]
+                        for i in range(k)]
+                r = torch.stack(rows, 1)
+                if average_channels:
+                    if r.dim() < 4:
+                        raise ValueError("average_channels needs image inputs (N, channels, H, W), got shape "
+                                         f"{tuple(x.shape)}")
+                    r = r.mean(2)
+                r = r.flatten(2).double()
+                small = r @ r.transpose(1, 2)                                  # V^T M V, (N, k, k)
+                top = basis @ torch.linalg.eigh(small)[1][..., -1:]            # Ritz vector (N, C, 1)
+            lower, _ = ce_hessian_factor(logits)                              # L, attached through p
+            w = (lower @ top).squeeze(2).to(logits.dtype)
+        elif m == n_classes:
             rows = [torch.autograd.grad(logits[:, c].sum(), x, retain_graph=True)[0] for c in range(n_classes)]
             with torch.no_grad():
                 _, small = ce_hessian_factor(logits.detach(), torch.stack(rows, 1),

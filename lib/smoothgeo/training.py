@@ -19,7 +19,8 @@ defaults and allowed ranges (:func:`check_options`). :func:`fit` is the single l
   lambda_max by the exact C x C route of :func:`smoothgeo.geometry.ce_hessian_factor` (exact for
   piecewise-linear networks), made differentiable by :func:`smoothgeo.geometry.lambda_max_penalty`.
   ``average_channels`` (default False = exact Hessian) averages the Jacobian over colour channels as the
-  reference code did (a no-op on 1-channel Fashion-MNIST).
+  reference code did (a no-op on 1-channel Fashion-MNIST). ``top_classes`` / ``ritz_vectors`` (default 0 =
+  exact) switch to a cheaper lambda_max that never overestimates (see :func:`ssr_loss`).
 
 Attacks inside a recipe (madry, ig_norm) run the model in eval mode and restore its mode; the loss itself is
 computed in the model's training mode. Everything follows the device of the model and the batch.
@@ -40,7 +41,7 @@ from .geometry import evaluating, lambda_max_penalty
 __all__ = [
     "natural_loss", "weight_decay_loss", "madry_loss", "ig_norm_loss", "ssr_loss", "RECIPES", "OPTIONS",
     "check_options", "pgd_linf", "ig_of_loss", "fit", "evaluate_accuracy", "make_optimizer", "epoch_seed",
-    "OPTIMIZERS", "TOP_CLASSES",
+    "OPTIMIZERS", "TOP_CLASSES", "RITZ_VECTORS",
 ]
 
 
@@ -140,24 +141,29 @@ def ig_norm_loss(model: nn.Module, x: Tensor, y: Tensor, *, epsilon: float = 0.1
     return loss, {"ce": ce.item(), "ig_norm": ig.item(), "acc": _accuracy(logits, y)}
 
 
-#: SSR's default ``top_classes`` (0 = exact lambda_max; m = merged-class route, see :func:`ssr_loss`)
+#: SSR's default ``top_classes`` and ``ritz_vectors`` (0 and 0 = exact lambda_max; see :func:`ssr_loss`)
 TOP_CLASSES = 0
+RITZ_VECTORS = 0
 
 
 def ssr_loss(model: nn.Module, x: Tensor, y: Tensor, *, alpha: float = 0.3, scale: float = 1.0,
-             average_channels: bool = False, top_classes: int = TOP_CLASSES) -> tuple[Tensor, dict]:
+             average_channels: bool = False, top_classes: int = TOP_CLASSES, ritz_vectors: int = RITZ_VECTORS
+             ) -> tuple[Tensor, dict]:
     """SSR (Wang et al. 2020): ``(1 - alpha) CE + alpha * scale * mean_batch lambda_max(H_x CE)``.
 
-    lambda_max per image by :func:`smoothgeo.geometry.lambda_max_penalty`. ``top_classes = 0``: the exact
-    route, one forward pass, C graph-free backward passes for every image's Jacobian (batched over the batch),
+    lambda_max per image by :func:`smoothgeo.geometry.lambda_max_penalty`. ``top_classes = ritz_vectors = 0``:
+    the exact route, one forward pass, C graph-free backward passes for every image's Jacobian (batched over the batch),
     the exact C x C eigenproblem, and one ``create_graph`` backward pass that makes the penalty differentiable
     w.r.t. the weights. ``top_classes = m`` (1 <= m < C): the merged-class route, each image's m most probable
     classes kept and the rest merged into one class; m graph-free passes instead of C, the value never above
     the exact lambda_max and short of it by at most the dropped within-rest gradient spread (bound and measured
-    errors in :func:`~smoothgeo.geometry.lambda_max_penalty` and ``benchmarks/ssr_error.py``). The penalty
-    vanishes where ``p`` is near one-hot.
+    errors in :func:`~smoothgeo.geometry.lambda_max_penalty` and ``benchmarks/ssr_error.py``).
+    ``ritz_vectors = k`` (1 <= k < C; instead of ``top_classes``): the Rayleigh-Ritz value on a k-dimensional
+    subspace picked for free from the last linear layer; k graph-free passes, never above the exact value, no a
+    priori bound (measured in the benchmark). The penalty vanishes where ``p`` is near one-hot.
     """
-    logits, lam = lambda_max_penalty(model, x, average_channels=average_channels, top_classes=top_classes)
+    logits, lam = lambda_max_penalty(model, x, average_channels=average_channels, top_classes=top_classes,
+                                     ritz_vectors=ritz_vectors)
     lam_max = lam.mean()
     ce = F.cross_entropy(logits, y)
     loss = (1 - alpha) * ce + alpha * scale * lam_max
@@ -184,7 +190,8 @@ OPTIONS: dict[str, dict[str, tuple]] = {
                 "step_size": (0.05, _F, 0.0, 1.0, False), "random_start": (True, _B, None, None, True)},
     "ssr": {"alpha": (0.3, _F, 0.0, 1.0, True), "scale": (1.0, _F, 0.0, 1e4, True),
             "average_channels": (False, _B, None, None, True),
-            "top_classes": (TOP_CLASSES, _I, 0, 1000, True)},
+            "top_classes": (TOP_CLASSES, _I, 0, 1000, True),
+            "ritz_vectors": (RITZ_VECTORS, _I, 0, 1000, True)},
 }
 
 
