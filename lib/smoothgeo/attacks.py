@@ -506,7 +506,7 @@ def attack(model: nn.Module, x: Tensor, y, *, method: str = "SM", kind: str = "t
     Raises:
         ValueError: a setting is out of range or the inputs have the wrong shape or range.
     """
-    y = check_images(x, y)
+    y = check_images(x, y, model=model)
     _, _, h, w = x.shape
     _check_settings(method=method, kind=kind, epsilon=epsilon, step_size=step_size, steps=steps, k=k, beta=beta,
                     restarts=restarts, convention=convention, on_reject=on_reject, n_pixels=h * w,

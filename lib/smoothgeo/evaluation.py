@@ -9,7 +9,7 @@
 
 Conventions:
 
-* The explained class is the model's prediction c on the clean image (PAPER.md). ``attacked`` says c == y
+* The explained class is the model's prediction c on the clean image (docs/method.md). ``attacked`` says c == y
   (only those images are attacked; the others appear with ``x_adv = x``). ``clean_conf`` / ``adv_conf`` are the
   softmax probabilities of c at x and at x_adv; ``label_kept`` is ``argmax model(x_adv) == c``.
 * SG and UG are random: the clean and adversarial maps use *independent* noise draws (seeded, so a run is
@@ -179,7 +179,7 @@ def evaluate(model: nn.Module, x: Tensor, y, *, attacked_methods: str | Sequence
     """
     from tqdm.auto import tqdm
 
-    y = check_images(x, y)
+    y = check_images(x, y, model=model)
     attacked_methods = _as_list(attacked_methods)
     evaluated_methods = list(attacked_methods if evaluated_methods is None else _as_list(evaluated_methods))
     kinds, epsilons = _as_list(kinds), [float(e) for e in _as_list(epsilons)]
@@ -280,7 +280,7 @@ def noise_floor(model: nn.Module, x: Tensor, y, *, methods: Sequence[str] = ("SM
     Rows have ``kind="noise_floor"``, ``epsilon=0``, ``attacked_method="none"``, ``linf=0``. Deterministic
     methods (SM, IG) are evaluated once and compared with themselves (top-k 1, Kendall 1, dislocation 0).
     """
-    y = check_images(x, y)
+    y = check_images(x, y, model=model)
     methods = _as_list(methods)
     for name in methods:
         if name not in METHODS:

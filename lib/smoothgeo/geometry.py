@@ -231,7 +231,7 @@ def lambda_max_penalty(model: nn.Module, x: Tensor, *, average_channels: bool = 
     (Weyl's inequality; the middle term is the trace of the dropped within-rest covariance). It is never an
     overestimate, is exact when at most one class is left out (``m = C - 1``, tested against the exact route), and
     only the *within*-rest spread is dropped: the merged class keeps the rest's mean gradient, unlike the
-    naive restriction to the top-m classes (PAPER notes: up to 56-62 % error on SSR models). Cost: m graph-free
+    naive restriction to the top-m classes (measured on SSR models: up to 56-62 % error). Cost: m graph-free
     backward passes (the differences ``J^T (e_k - s)`` of :func:`merged_class_factor`; none for m = 1, where
     ``H_1`` has rank one) instead of C, an (m + 1) x (m + 1) eigenproblem, and the same single ``create_graph``
     pass; the weight gradient is the exact gradient of ``lambda_m`` (same eigenvector argument). Measured
