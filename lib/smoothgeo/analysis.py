@@ -24,7 +24,7 @@ __all__ = ["HIGHER_IS_ROBUST", "robust_value", "attach_models", "own_rows", "mod
 
 # metric -> True if a larger value means the map moved less (more robust attribution)
 HIGHER_IS_ROBUST = {"topk": True, "kendall": True, "spearman": True, "mass_center": False, "cosine": False,
-                    "target_distance": True}
+                    "target_distance": True, "target_remaining": True}
 # the targeted attack *wants* a small distance to its target: a larger distance = the attack failed = robust
 
 

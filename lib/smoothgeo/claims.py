@@ -62,6 +62,7 @@ VERDICT_RULE = "CI>0 & Holm p<0.05: reproduces; CI>0 only: partly; CI<0: contrad
 
 #: +1 where a higher value means a more robust attribution, -1 where lower does
 ROBUST_DIRECTION = {"topk": 1, "kendall": 1, "spearman": 1, "mass_center": -1, "cosine": -1, "target_distance": 1,
+                    "target_remaining": 1,
                     "bound_map_change": -1, "bound_grad_change": -1, "bound_relative_grad_change": -1}
 
 _MODEL = re.compile(r"^(?P<family>.+?)-s(?P<seed>\d+)(?P<suffix>\+.*)?$")

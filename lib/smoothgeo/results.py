@@ -5,7 +5,8 @@ Every analysis (the notebooks, the claims table) starts from these frames; nothi
 * :func:`model_table`: one row per evaluated model of ``params["models"]`` with its family, strength, seed,
   budget, clean test accuracy and training cost (from ``results/training/<checkpoint>.json``).
 * :func:`load_attacks`: ``results/attacks/<model>.csv.gz`` (one row per image x attack setting x evaluated
-  method), concatenated.
+  method), concatenated, plus the derived ``target_remaining`` (targeted attack: distance to the target after
+  the attack over the distance before it).
 * :func:`load_measures`: ``results/measures/<model>.csv.gz`` (one row per image), concatenated.
 
 Families and strengths: a model's family is its training recipe (``natural``, ``ssr``, ``madry``,
@@ -84,7 +85,12 @@ def _concat(folder: Path, models: Iterable[str] | None, what: str, read=pd.read_
 
 def load_attacks(results: str | Path = "results", models: Iterable[str] | None = None) -> pd.DataFrame:
     """The attack tables of ``models`` (default: every table present), one frame."""
-    return _concat(Path(results) / "attacks", models, "attack", read=load_table)
+    frame = _concat(Path(results) / "attacks", models, "attack", read=load_table)
+    # the targeted attack's progress relative to where it started: the share of the clean map's distance to the
+    # target that is left (1 = the attack did not move the map towards the target, 0 = it reached it). Raw
+    # distances are not comparable across models, whose maps differ in how far apart they start.
+    frame["target_remaining"] = frame["target_distance"] / frame["clean_target_distance"]
+    return frame
 
 
 def load_measures(results: str | Path = "results", models: Iterable[str] | None = None) -> pd.DataFrame:
