@@ -184,7 +184,7 @@ _SECTIONS = [  # (title, table, figure) relative to results/
     ("Robustness against epsilon, central comparison", None, "robust_training/topk_vs_epsilon.png"),
     ("Attack diagnostics", "robust_training/attack_diagnostics_headline.md", None),
     ("Stochastic smoothing (RQ4): SM vs SG vs UG on the natural models", "smoothing/smoothing.md",
-     "smoothing/metric_vs_epsilon.png"),
+     "smoothing/smoothing_by_metric.png"),
     ("Relative transfer between attribution methods (RQ3)", "claims/relative_transfer.md",
      "transfer/transfer_heatmaps.png"),
     ("Geometry per model (RQ1, RQ2)", "claims/geometry_per_model.md", "geometry/geometry_vs_robustness.png"),
