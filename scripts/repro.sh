@@ -61,7 +61,7 @@ if [ ! -f "profiles/$profile.yaml" ]; then
   echo "unknown profile '$profile': choose default or one of: $(ls profiles | sed 's/\.yaml$//' | tr '\n' ' ')" >&2
   exit 2
 fi
-if ! grep -q '^models:' "profiles/$profile.yaml"; then
+if grep -q '${models}' dvc.yaml && ! grep -q '^models:' "profiles/$profile.yaml"; then
   echo "profile '$profile' predates the current pipeline (it has no 'models', 'attacks', 'measures' and" \
        "'comparisons' sections), so dvc.yaml cannot run it; port it like profiles/smoke.yaml (open work)" >&2
   exit 2
