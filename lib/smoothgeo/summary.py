@@ -200,14 +200,27 @@ def _claims_markdown(table: pd.DataFrame) -> str:
     return show.to_markdown(index=False, floatfmt=".3g")
 
 
-def _timings_markdown(results: Path) -> str:
+def _timings_markdown(results: Path, *, grouped: bool = False) -> str:
+    """The stage-timing table; ``grouped`` folds the per-model stages (train-*, attack-*, measure-*) into one row
+    each: number of stages, total and longest wall time, peak memory."""
     from .timed import timing_table
 
     frame = timing_table(results / "timings")
     if frame.empty:
         return ""
-    return frame[["stage", "wall_seconds", "wall_minutes", "peak_rss_mib"]].to_markdown(index=False,
-                                                                                          floatfmt=".1f")
+    if not grouped:
+        return frame[["stage", "wall_seconds", "wall_minutes", "peak_rss_mib"]].to_markdown(index=False,
+                                                                                              floatfmt=".1f")
+    stages = frame[frame.stage != "total"]
+    group = stages.stage.where(~stages.stage.str.contains("-"), stages.stage.str.split("-").str[0] + " (per model)")
+    table = (stages.groupby(group, sort=False)
+             .agg(stages=("stage", "size"), total_minutes=("wall_seconds", lambda v: v.sum() / 60),
+                  longest_minutes=("wall_seconds", lambda v: v.max() / 60), peak_rss_mib=("peak_rss_mib", "max"))
+             .reset_index().rename(columns={"stage": "stage group"}))
+    total = {"stage group": "total", "stages": int(table.stages.sum()), "total_minutes": table.total_minutes.sum(),
+             "longest_minutes": table.longest_minutes.max(), "peak_rss_mib": table.peak_rss_mib.max()}
+    table = pd.concat([table, pd.DataFrame([total])], ignore_index=True)
+    return table.to_markdown(index=False, floatfmt=".1f")
 
 
 def report_text(results: Path, *, link_prefix: str = "", short: bool = False) -> str:
@@ -229,10 +242,11 @@ def report_text(results: Path, *, link_prefix: str = "", short: bool = False) ->
             parts += [(results / tab).read_text().rstrip(), ""]
         if figure:
             parts += [f"![{title}]({link_prefix}{figure})", ""]
-    timings = _timings_markdown(results)
+    timings = _timings_markdown(results, grouped=short)
     if timings:
+        where = f" Per stage: [SUMMARY.md]({link_prefix}SUMMARY.md)." if short else ""
         parts += ["### Stage timings of this run (wall time, peak resident memory)\n",
-                  "Written by `smoothgeo.timed` around every stage (`results/timings/`).\n", timings, ""]
+                  f"Written by `smoothgeo.timed` around every stage (`results/timings/`).{where}\n", timings, ""]
     return "\n".join(parts) + "\n"
 
 
