@@ -65,15 +65,20 @@ def _autocast(device, dtype):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def bench_attack(model, shape, args, device, dtype=None) -> str:
+def _frozen_inputs(model, shape, args, device, seed: int):
+    """Eval mode and frozen weights; random images, the model's own predictions as labels, k = 1 % of pixels."""
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(seed)
     x = torch.rand(args.images, *shape, generator=g).to(device)
     with torch.no_grad():
         y = model(x).argmax(1)
-    k = max(1, shape[1] * shape[2] // 100)
+    return x, y, max(1, shape[1] * shape[2] // 100)
+
+
+def bench_attack(model, shape, args, device, dtype=None) -> str:
+    x, y, k = _frozen_inputs(model, shape, args, device, seed=0)
     kw = dict(method=args.method, kind="topk", epsilon=8 / 255, step_size=2 / 255, steps=args.steps, k=k,
               beta=10.0, method_options={"steps": args.ig_steps} if args.method == "IG" else None)
     with _autocast(device, dtype):
@@ -122,14 +127,7 @@ def bench_train(name, model, shape, args, device) -> list[str]:
 
 
 def bench_amp(model, shape, args, device) -> list[str]:
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    g = torch.Generator().manual_seed(2)
-    x = torch.rand(args.images, *shape, generator=g).to(device)
-    with torch.no_grad():
-        y = model(x).argmax(1)
-    k = max(1, shape[1] * shape[2] // 100)
+    x, y, k = _frozen_inputs(model, shape, args, device, seed=2)
     lines = []
     for method, opts in (("SM", {}), ("IG", {"steps": args.ig_steps})):
         def maps():
