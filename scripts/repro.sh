@@ -2,6 +2,8 @@
 # The main job. `bash scripts/repro.sh` runs `dvc repro` on the default profile (params.yaml) in this checkout.
 # `bash scripts/repro.sh PROFILE` (smoke, cifar10, flowers, imagenet) runs the same pipeline with
 # profiles/PROFILE.yaml in its own workspace runs/PROFILE/, so the committed default results stay untouched.
+# `bash scripts/repro.sh PROFILE-toy` (cifar10-toy, flowers-toy, imagenet-toy) runs the toy version of a
+# paper-scale profile (smoothgeo.profiles: synthetic stand-in data, tiny sizes) in runs/PROFILE-toy/.
 # Extra arguments go to `dvc repro` (e.g. `bash scripts/repro.sh default robust_training`).
 #
 # Profile workspaces (runs/PROFILE/) are separate DVC projects that hold only what is theirs:
@@ -57,22 +59,33 @@ fi
 case "$profile" in
   ""|*/*|.*) echo "invalid profile name '$profile'" >&2; exit 2 ;;
 esac
-if [ ! -f "profiles/$profile.yaml" ]; then
-  echo "unknown profile '$profile': choose default or one of: $(ls profiles | sed 's/\.yaml$//' | tr '\n' ' ')" >&2
+# PROFILE-toy (e.g. cifar10-toy): profiles/PROFILE.yaml shrunk by `python -m smoothgeo.profiles toy` (synthetic
+# stand-in data, tiny sizes, random weights), generated into the workspace on every run
+toy_of=""
+if [ ! -f "profiles/$profile.yaml" ] && [ "${profile%-toy}" != "$profile" ] && [ -f "profiles/${profile%-toy}.yaml" ]; then
+  toy_of="profiles/${profile%-toy}.yaml"
+fi
+if [ ! -f "profiles/$profile.yaml" ] && [ -z "$toy_of" ]; then
+  choices=$(ls profiles | sed 's/\.yaml$//' | tr '\n' ' ')
+  echo "unknown profile '$profile': choose default or one of: $choices(or NAME-toy for the toy version of" \
+       "profile NAME, e.g. cifar10-toy)" >&2
   exit 2
 fi
-if grep -q '${models}' dvc.yaml && ! grep -q '^models:' "profiles/$profile.yaml"; then
+if grep -q '${models}' dvc.yaml && ! grep -q '^models:' "${toy_of:-profiles/$profile.yaml}"; then
   echo "profile '$profile' predates the current pipeline (it has no 'models', 'attacks', 'measures' and" \
-       "'comparisons' sections), so dvc.yaml cannot run it; port it like profiles/smoke.yaml (open work)" >&2
+       "'comparisons' sections), so dvc.yaml cannot run it; port it like profiles/cifar10.yaml" >&2
   exit 2
 fi
 ws="runs/$profile"
 mkdir -p "$ws/.dvc/tmp"
 lock_or_refuse "$ws/.dvc/tmp/repro.sh.lock"
 echo "[repro] profile $profile in workspace $ws"
+if [ -n "$toy_of" ]; then
+  python -m smoothgeo.profiles toy "$toy_of" "$ws/.profile-source.yaml" --name "$profile"
+fi
 
 # entries that belong to the workspace; every other top-level entry of the checkout is linked
-own=" params.yaml dvc.lock data results runs .dvc .git .venv .profile-base.yaml "
+own=" params.yaml dvc.lock data results runs .dvc .git .venv .profile-base.yaml .profile-source.yaml "
 if git -C "$ROOT" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
   entries=$(git -C "$ROOT" ls-files -co --exclude-standard | cut -d/ -f1 | sort -u)
 else
@@ -102,6 +115,7 @@ done
 
 # params: the profile on first use; later only while the user has not edited the workspace's copy
 prof="profiles/$profile.yaml" params="$ws/params.yaml" base="$ws/.profile-base.yaml"
+[ -n "$toy_of" ] && prof="$ws/.profile-source.yaml"
 if [ ! -f "$params" ]; then
   cp "$prof" "$params.smoothgeo-tmp" && mv "$params.smoothgeo-tmp" "$params"
   cp "$prof" "$base"

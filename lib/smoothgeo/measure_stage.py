@@ -17,6 +17,11 @@ The ``measures`` section of params.yaml (every key optional; defaults shown)::
       n_images: 100                 # evaluation images (the attack stage's count)
       batch_size: 50                # images per pass (memory)
       hessian_method: auto          # geometry.hessian_max_eig: auto | exact | power
+      power_iters: 100              # most iterations of the power route
+      jacobian: true                # false: skip the full C x d logit Jacobian (C backward passes per image,
+                                    # N x C x d doubles: 2.4 GB for 2 ImageNet images); the Jacobian-only
+                                    # columns relative_curvature and lambda_max_fixed_scale are then NaN, the
+                                    # gradient norms take 3 backward passes, and lambda_max the power route
       logit_scale: 5.0              # s of lambda_max_fixed_scale (geometry.logit_geometry)
       convention: grad_times_input  # map convention of the map-Lipschitz ratio and the bound test
       lipschitz:                    # geometry.lipschitz_measures; own seed, independent of the attacks
@@ -55,10 +60,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-__all__ = ["MEASURE_DEFAULTS", "measure_config", "load_model", "measure", "write_csv_gz", "main"]
+__all__ = ["MEASURE_DEFAULTS", "measure_config", "load_model", "measure", "gradient_geometry", "write_csv_gz", "main"]
 
 MEASURE_DEFAULTS = {
-    "n_images": 100, "batch_size": 50, "hessian_method": "auto", "logit_scale": 5.0,
+    "n_images": 100, "batch_size": 50, "hessian_method": "auto", "power_iters": 100, "jacobian": True,
+    "logit_scale": 5.0,
     "convention": "grad_times_input",
     "lipschitz": {"epsilon": 0.1, "samples": 8, "adversarial_samples": 2, "steps": 10, "step_size": None,
                   "beta": 10.0, "seed": 1001},
@@ -88,6 +94,12 @@ def measure_config(params: dict) -> dict:
 
     positive_int("n_images", cfg["n_images"])
     positive_int("batch_size", cfg["batch_size"])
+    positive_int("power_iters", cfg["power_iters"])
+    if cfg["jacobian"] not in (True, False):
+        raise ValueError(f"params 'measures.jacobian' must be true or false, got {cfg['jacobian']!r}")
+    if not cfg["jacobian"] and cfg["hessian_method"] == "exact":
+        raise ValueError("params 'measures.hessian_method: exact' needs the full logit Jacobian, but "
+                         "'measures.jacobian' is false; use hessian_method auto or power (the power route)")
     positive_int("lipschitz.samples", lip["samples"])
     positive_int("lipschitz.adversarial_samples", lip["adversarial_samples"])
     if isinstance(lip["steps"], bool) or not isinstance(lip["steps"], int) or lip["steps"] < 0:
@@ -157,8 +169,13 @@ def measure(model, x, y, *, cfg: dict, record: dict | None = None, name: str = "
 
     lip = cfg["lipschitz"]
     n, bs = x.shape[0], cfg["batch_size"]
-    lam = geometry.hessian_max_eig(model, x, method=cfg["hessian_method"], chunk_size=bs, seed=lip["seed"])
-    geo = geometry.logit_geometry(model, x, y, lambda_max=lam, logit_scale=cfg["logit_scale"], chunk_size=bs)
+    method = cfg["hessian_method"] if cfg["jacobian"] else "power"
+    lam = geometry.hessian_max_eig(model, x, method=method, chunk_size=bs, seed=lip["seed"],
+                                   iters=cfg["power_iters"])
+    if cfg["jacobian"]:
+        geo = geometry.logit_geometry(model, x, y, lambda_max=lam, logit_scale=cfg["logit_scale"], chunk_size=bs)
+    else:
+        geo = gradient_geometry(model, x, y, lambda_max=lam, chunk_size=bs)
     kw = dict(epsilon=lip["epsilon"], steps=lip["steps"], step_size=lip["step_size"], beta=lip["beta"],
               seed=lip["seed"], convention=cfg["convention"], chunk_size=bs)
     rand = geometry.lipschitz_measures(model, x, neighbours="random", samples=lip["samples"], **kw)
@@ -180,6 +197,42 @@ def measure(model, x, y, *, cfg: dict, record: dict | None = None, name: str = "
     if record is not None:
         frame = _add_bound(frame, model, x, record, lips[cfg["bound_lipschitz"]], cfg)
     return frame
+
+
+def gradient_geometry(model, x, y, *, lambda_max, chunk_size: int) -> dict:
+    """The columns of :func:`smoothgeo.geometry.logit_geometry` that need no full logit Jacobian.
+
+    Same definitions (prediction c, runner-up r, ``g_c = grad f_c``, ``grad CE(x, y)``), from 3 backward passes
+    per chunk instead of C; ``relative_curvature`` and ``lambda_max_fixed_scale`` need all C class gradients and
+    are NaN. For many classes (ImageNet's 1000) with ``measures.jacobian: false``.
+    """
+    import torch.nn.functional as F
+
+    from .geometry import _top2, evaluating
+
+    parts = []
+    with evaluating(model):
+        for s in range(0, x.shape[0], chunk_size):
+            xs = x[s:s + chunk_size].detach().clone().requires_grad_(True)
+            logits = model(xs)
+            c, r = _top2(logits.detach())
+            rows = torch.arange(xs.shape[0], device=xs.device)
+            g_c, = torch.autograd.grad(logits[rows, c].sum(), xs, retain_graph=True)
+            g_r, = torch.autograd.grad(logits[rows, r].sum(), xs, retain_graph=True)
+            g_loss, = torch.autograd.grad(F.cross_entropy(logits, y[s:s + chunk_size], reduction="sum"), xs)
+            lg = logits.detach().double()
+            p = lg.softmax(1)
+            nan = torch.full((xs.shape[0],), float("nan"), dtype=torch.float64, device=xs.device)
+            parts.append({"prediction": c, "clean_conf": p[rows, c], "logit_margin": lg[rows, c] - lg[rows, r],
+                          "logit_norm": lg.norm(dim=1), "grad_logit_norm": g_c.flatten(1).double().norm(dim=1),
+                          "grad_loss_norm": g_loss.flatten(1).double().norm(dim=1),
+                          "margin_grad_norm": (g_c - g_r).flatten(1).double().norm(dim=1),
+                          "relative_curvature": nan, "lambda_max_fixed_scale": nan.clone()})
+    out = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    lam = lambda_max.detach().double().to(out["grad_logit_norm"].device)
+    out["lambda_max_over_grad_logit2"] = lam / out["grad_logit_norm"].pow(2).clamp_min(1e-30)
+    out["lambda_max_over_grad_loss2"] = lam / out["grad_loss_norm"].pow(2).clamp_min(1e-30)
+    return out
 
 
 def _add_bound(frame, model, x, record, lip, cfg) -> pd.DataFrame:
