@@ -202,13 +202,16 @@ def paired_frame(treatment: pd.DataFrame, baseline: pd.DataFrame, value: str, *,
             f = f[f[correct_col].astype(bool)]
         return f.dropna(subset=[value])
 
+    def seeds(f):  # the seeds a group was trained with, whether or not any of their images survives clean()
+        return sorted(f[seed_col].unique()) if seed_col in f.columns else [0]
+
+    ts, bs = seeds(treatment), seeds(baseline)
     t, b = clean(treatment), clean(baseline)
     if pairing == "mean":
         tm = t.groupby(image_col)[value].mean()
         bm = b.groupby(image_col)[value].mean()
         common = tm.index.intersection(bm.index)
         return pd.DataFrame({"seed": 0, "image": common, "diff": (tm[common] - bm[common]).to_numpy()})
-    ts, bs = sorted(t[seed_col].unique()), sorted(b[seed_col].unique())
     if len(ts) != len(bs):
         raise ValueError(f"pairing='index' needs the same number of seeds in both groups, got {len(ts)} and "
                          f"{len(bs)}; pass pairing='mean' or train the missing seeds")
@@ -218,6 +221,9 @@ def paired_frame(treatment: pd.DataFrame, baseline: pd.DataFrame, value: str, *,
         bm = b[b[seed_col] == sb].groupby(image_col)[value].mean()
         common = tm.index.intersection(bm.index)
         frames.append(pd.DataFrame({"seed": k, "image": common, "diff": (tm[common] - bm[common]).to_numpy()}))
+    if not frames:
+        return pd.DataFrame({"seed": pd.Series(dtype=int), "image": pd.Series(dtype=int),
+                             "diff": pd.Series(dtype=float)})
     return pd.concat(frames, ignore_index=True)
 
 
