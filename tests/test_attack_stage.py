@@ -284,3 +284,16 @@ def test_target_maps_are_the_clean_maps_of_the_target_images(stage):
     torch.testing.assert_close(maps, own[index])
     assert torch.allclose(target_distance(maps, own[index]), torch.zeros(N), atol=1e-10)
     assert (target_distance(own, maps) >= 0).all()
+
+
+def test_images_all_attacks_the_misclassified_image_too(stage):
+    """attacks.images: all (the toy profiles) attacks every image, with the model's prediction as its label."""
+    params = _params(images="all")
+    _, d = stage(params)
+    records = torch.load(d / "records" / "natural-s0.pt", weights_only=True)
+    for r in records.values():
+        assert r["attacked"].all() and torch.equal(r["label"], stage.y)   # true labels kept
+    moved = records["SM-topk-eps0.1"]
+    assert not torch.equal(moved["x_adv"][-1], stage.x[-1])   # the misclassified image is attacked now
+    with pytest.raises(ValueError, match=r"attacks\.images='some' is invalid"):
+        st.check_params(_params(images="some"))

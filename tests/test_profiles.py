@@ -71,6 +71,7 @@ def test_toy_keeps_what_decides_the_code_path_and_caps_sizes(name):
         assert not run.get("pretrained")
         assert run.get("steps", 0) <= 2 and run.get("ig_steps", 0) <= 2
     assert toy["attacks"]["n_images"] == toy["measures"]["n_images"] == 3
+    assert toy["attacks"]["images"] == "all" and "images" not in full["attacks"]
     assert toy["attacks"]["defaults"]["steps"] == 2
     assert toy["attacks"]["settings"]["SG-noise"]["steps"] == 0                 # a zero stays zero
     assert len(toy["attacks"]["defaults"]["surrogates"]) == 2
@@ -79,7 +80,7 @@ def test_toy_keeps_what_decides_the_code_path_and_caps_sizes(name):
 
 
 def test_toy_refuses_a_profile_without_models(tmp_path):
-    with pytest.raises(ValueError, match="'data' and 'models'"):
+    with pytest.raises(ValueError, match="'data', 'models' and 'attacks'"):
         profiles.toy({"data": {}})
     src = tmp_path / "p.yaml"
     src.write_text(yaml.safe_dump(load("cifar10")))

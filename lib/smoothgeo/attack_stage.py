@@ -18,6 +18,10 @@ complete example::
       batch_size: null              # images per attack batch (memory); null = all at once
       shard_size: null              # images per independent shard (torchrun); null = all images as one unit
       evaluated_methods: [SM, IG, SG, UG]   # every adversarial batch is re-evaluated on each (transfer)
+      images: correct               # correct: only correctly classified images are attacked (the paper's
+                                    # protocol); all: every image, the model's clean prediction standing in
+                                    # for the label in the attack's label check (the toy profiles: their
+                                    # barely trained models classify almost nothing correctly)
       defaults:                     # every setting starts from these
         epsilons: [0.1]             # or `epsilon: 0.1`
         step_size: 0.01
@@ -153,7 +157,7 @@ DEFAULTS = {"epsilons": [0.1], "step_size": 0.01, "steps": 100, "k": 100, "resta
 OPTIONAL = ("stall_window",)
 #: keys a setting may have besides those of :data:`DEFAULTS` and :data:`OPTIONAL`
 SETTING_KEYS = ("method", "kind", "models", "method_options", "evaluated_methods", "epsilon")
-SECTION_KEYS = ("n_images", "batch_size", "shard_size", "evaluated_methods", "defaults", "settings")
+SECTION_KEYS = ("n_images", "batch_size", "shard_size", "evaluated_methods", "images", "defaults", "settings")
 _DIAGNOSTICS = ("attacked", "label_kept", "score", "kendall", "restart", "rejected_steps", "zero_directions",
                 "linf", "accepted_steps", "stalled", "stalled_runs")
 #: the attackable methods (SM, IG, SG, UG): every registered method but the captum adapters
@@ -263,6 +267,9 @@ def check_params(params: dict) -> dict:
     shard = section.get("shard_size")
     if shard is not None and (not _is_int(shard) or shard < 1):
         _fail("attacks.shard_size", shard, "null (all images as one unit) or an integer >= 1 (images per shard)")
+    if section.get("images", "correct") not in ("correct", "all"):
+        _fail("attacks.images", section.get("images"), "correct (attack correctly classified images only) or all "
+                                                       "(attack every image; its prediction stands in for the label)")
     evaluated = _check_methods("attacks.evaluated_methods", section.get("evaluated_methods", ["SM"]))
     defaults = section.get("defaults") or {}
     if not isinstance(defaults, dict):
@@ -451,11 +458,14 @@ def _maps(model, x, pred, method, options, seed, setting, batch_size):
 
 def _run_setting(model, x, y, setting: dict, *, model_name: str, seed: int, batch_size, clean_maps: dict,
                  targets: Tensor | None, offset: int = 0,
-                 target_pool: tuple[Tensor, Tensor] | None = None) -> tuple[dict[str, Tensor], pd.DataFrame]:
+                 target_pool: tuple[Tensor, Tensor] | None = None,
+                 attack_all: bool = False) -> tuple[dict[str, Tensor], pd.DataFrame]:
     """Attack with one setting and evaluate every evaluated method; returns (record tensors, rows).
 
     ``x``, ``y`` are images ``offset, offset + 1, ...`` of the evaluation set; ``targets`` index (targeted kind)
-    ``target_pool`` = all evaluation images (default: ``(x, y)``).
+    ``target_pool`` = all evaluation images (default: ``(x, y)``). ``attack_all`` (``attacks.images: all``):
+    every image is attacked, the model's clean prediction standing in for its label in the attack's label check
+    (the record keeps the true labels, which also pick the targets).
     """
     n, sid = x.shape[0], setting["id"]
     pool_x, pool_y = (x, y) if target_pool is None else target_pool
@@ -469,7 +479,8 @@ def _run_setting(model, x, y, setting: dict, *, model_name: str, seed: int, batc
         _, attack_target = target_maps(model, pool_x, pool_y, setting["method"], options=setting["method_options"],
                                        seed=derive_seed(seed, "target", sid), convention=setting["convention"],
                                        batch_size=batch_size, index=targets)
-    diag = _attack(model, x, y, setting, seed=seed, target_map=attack_target, batch_size=batch_size)
+    diag = _attack(model, x, pred if attack_all else y, setting, seed=seed, target_map=attack_target,
+                   batch_size=batch_size)
     x_adv = diag.pop("x_adv").detach()
     with torch.no_grad():
         adv_probs = torch.softmax(model(x_adv), 1)
@@ -648,8 +659,11 @@ def run(params: dict, model_name: str, *, checkpoints="data/checkpoints", record
         say(f"warning: no attack setting of params 'attacks.settings' applies to model {model_name!r}")
     x, y = experiments.eval_images(params["data"], section["n_images"], seed=seed, device=dev, root=root)
     y = y.long()
+    attack_all = section.get("images", "correct") == "all"
     fingerprints = {"model_name": model_name, "model": _fingerprint(*model.state_dict().values()),
                     "data": _fingerprint(x, y), "seed": seed, "batch_size": section.get("batch_size")}
+    if attack_all:
+        fingerprints["images"] = "all"
     batch_size = section.get("batch_size")
     n = x.shape[0]
     # shards: (start, stop) image ranges attacked as independent units; None = all images, the seed as is
@@ -693,14 +707,14 @@ def run(params: dict, model_name: str, *, checkpoints="data/checkpoints", record
                     if sh is None:
                         record, frame = _run_setting(model, x, y, setting, model_name=model_name, seed=seed,
                                                      batch_size=batch_size, clean_maps=caches[sh],
-                                                     targets=kind_targets)
+                                                     targets=kind_targets, attack_all=attack_all)
                     else:
                         a, b = sh
                         record, frame = _run_setting(
                             model, x[a:b], y[a:b], setting, model_name=model_name,
                             seed=derive_seed(seed, "images", a, b), batch_size=batch_size, clean_maps=caches[sh],
                             targets=None if kind_targets is None else kind_targets[a:b], offset=a,
-                            target_pool=(x, y))
+                            target_pool=(x, y), attack_all=attack_all)
                     secs = time.perf_counter() - t0
                     _save_pt(path, {"hash": expected, "record": record, "rows": _csv_text(frame),
                                     "seconds": secs})

@@ -71,10 +71,12 @@ def toy(profile: dict, *, name: str | None = None) -> dict:
 
     Sizes are capped by :data:`TOY_CAPS` wherever the key appears; ``train_limit``/``test_limit`` null (all)
     become the cap; the data set becomes a synthetic stand-in (:data:`TOY_STANDIN`); ``pretrained`` weights
-    become random ones (nothing is downloaded); the model names, recipes, settings and comparisons are unchanged.
+    become random ones (nothing is downloaded); every image is attacked (``attacks.images: all``: the barely
+    trained models classify almost nothing correctly); the model names, recipes, settings and comparisons are
+    unchanged.
     """
-    if not isinstance(profile, dict) or "data" not in profile or "models" not in profile:
-        raise ValueError("a toy profile is made from a full profile with 'data' and 'models' sections "
+    if not isinstance(profile, dict) or not {"data", "models", "attacks"} <= set(profile):
+        raise ValueError("a toy profile is made from a full profile with 'data', 'models' and 'attacks' sections "
                          "(e.g. profiles/cifar10.yaml)")
     out = _shrink(copy.deepcopy(profile))
     out["profile"] = name or f"{profile.get('profile', 'profile')}-toy"
@@ -83,6 +85,8 @@ def toy(profile: dict, *, name: str | None = None) -> dict:
         if data.get(key) is None:
             data[key] = TOY_CAPS[key]
     data["standin"] = dict(TOY_STANDIN)
+    # random-weight models classify almost nothing correctly: attack every image (its prediction as label)
+    out["attacks"]["images"] = "all"
     for group in ("scratch", "finetune"):
         for entry in (out.get("train", {}).get(group) or {}).values():
             if entry.get("pretrained"):
