@@ -60,9 +60,16 @@ def test_toy_keeps_what_decides_the_code_path_and_caps_sizes(name):
     assert toy["profile"] == f"{full['profile']}-toy"
     assert full["profile"] == name and "standin" not in full["data"]       # the source is not changed
     assert toy["data"]["dataset"] == full["data"]["dataset"] and toy["data"]["standin"] == profiles.TOY_STANDIN
-    for key in ("models", "comparisons"):
-        assert toy[key] == full[key]
+    kept = {m for m in full["models"] if "-s2" not in m}
+    assert set(toy["models"]) == kept and kept            # seeds 0 and 1 of every group
+    assert set(toy["comparisons"]) == set(full["comparisons"])
+    for group, seeds in full["comparisons"]["central"].items():
+        assert toy["comparisons"]["central"][group] == [m for m in seeds if m in kept]
     assert toy["qualitative"]["models"] == full["qualitative"]["models"]
+    for sname, setting in toy["attacks"]["settings"].items():
+        if isinstance(setting.get("models"), list):
+            assert set(setting["models"]) <= kept and setting["models"], sname
+    assert toy["train"]["defaults"]["max_batches"] == 2
     assert toy["train"]["defaults"]["arch"] == full["train"]["defaults"]["arch"]
     assert set(toy["attacks"]["settings"]) == set(full["attacks"]["settings"])
     assert toy["attacks"]["defaults"]["k"] == full["attacks"]["defaults"]["k"]
@@ -70,7 +77,7 @@ def test_toy_keeps_what_decides_the_code_path_and_caps_sizes(name):
     for run in {**toy["train"]["scratch"], **(toy["train"]["finetune"] or {})}.values():
         assert not run.get("pretrained")
         assert run.get("steps", 0) <= 2 and run.get("ig_steps", 0) <= 2
-    assert toy["attacks"]["n_images"] == toy["measures"]["n_images"] == 3
+    assert toy["attacks"]["n_images"] == toy["measures"]["n_images"] == 2
     assert toy["attacks"]["images"] == "all" and "images" not in full["attacks"]
     assert toy["attacks"]["defaults"]["steps"] == 2
     assert toy["attacks"]["settings"]["SG-noise"]["steps"] == 0                 # a zero stays zero

@@ -6,7 +6,8 @@ everything that decides which code runs: the data set's shapes and class count (
 the real file layout, :mod:`smoothgeo.standins`), the architectures (ResNet-20 with BatchNorm, the 224x224
 networks, ResNet-50 with random weights instead of the download), every model and recipe (SSR included) and
 its options, every attack setting and kind, ``k`` (1000 on the 224x224 sets), the comparisons and every
-notebook. It only caps sizes: images, batches, steps, samples, restarts, surrogates. Its numbers say nothing
+notebook. It only caps sizes (images, batches, steps, samples, restarts, surrogates) and keeps two seeds per
+model group. Its numbers say nothing
 about the paper; they show that the paper-scale pipeline runs before anyone spends GPU hours on it.
 
     python -m smoothgeo.profiles toy profiles/cifar10.yaml runs/cifar10-toy/.profile-source.yaml
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import re
 from pathlib import Path
 
 import yaml
@@ -25,12 +27,12 @@ __all__ = ["TOY_CAPS", "TOY_STANDIN", "toy", "main"]
 
 # key -> the largest value a toy run keeps (min(value, cap); zero and null stay as they are)
 TOY_CAPS = {
-    "n_images": 3,            # attack/measure images
+    "n_images": 2,            # attack/measure images
     "steps": 2,               # attack steps, PGD steps of Madry/IG-NORM and the Lipschitz climbs, IG steps
     "ig_steps": 2,
     "samples": 2,             # SG/UG samples, Lipschitz neighbours
     "adversarial_samples": 1,
-    "restarts": 2,
+    "restarts": 1,            # (the smoke profile runs the restart code on the CPU)
     "max_batches": 2,
     "epochs": 1,
     "batch_size": 4,
@@ -42,6 +44,22 @@ TOY_CAPS = {
 }
 TOY_LIST_CAPS = {"surrogates": 2}   # lists keep their first entries
 TOY_STANDIN = {"train": 16, "test": 16}   # synthetic images per split (ImageNet: validation only)
+TOY_SEEDS = 2                             # seeds kept per model group (the seed pairing needs two)
+_SEED = re.compile(r"-s(?P<seed>\d+)(?:\+|$)")
+
+
+def _kept(name) -> bool:
+    m = _SEED.search(str(name))
+    return m is None or int(m["seed"]) < TOY_SEEDS
+
+
+def _thin(node):
+    """Drop every model of seed >= TOY_SEEDS: mapping keys, list entries and mapping values naming one."""
+    if isinstance(node, dict):
+        return {k: _thin(v) for k, v in node.items() if _kept(k) and not (isinstance(v, str) and not _kept(v))}
+    if isinstance(node, list):
+        return [_thin(v) for v in node if not (isinstance(v, str) and not _kept(v))]
+    return node
 
 
 def _cap(value, cap):
@@ -70,7 +88,8 @@ def toy(profile: dict, *, name: str | None = None) -> dict:
     """The toy version of a paper-scale profile (a new dict; ``profile`` is not changed).
 
     Sizes are capped by :data:`TOY_CAPS` wherever the key appears; ``train_limit``/``test_limit`` null (all)
-    become the cap; the data set becomes a synthetic stand-in (:data:`TOY_STANDIN`); ``pretrained`` weights
+    become the cap, and so does the default ``max_batches``; models of seed 2 and above are dropped everywhere
+    (two seeds keep the seed-pairing code in play); the data set becomes a synthetic stand-in (:data:`TOY_STANDIN`); ``pretrained`` weights
     become random ones (nothing is downloaded); every image is attacked (``attacks.images: all``: the barely
     trained models classify almost nothing correctly); the model names, recipes, settings and comparisons are
     unchanged.
@@ -78,7 +97,7 @@ def toy(profile: dict, *, name: str | None = None) -> dict:
     if not isinstance(profile, dict) or not {"data", "models", "attacks"} <= set(profile):
         raise ValueError("a toy profile is made from a full profile with 'data', 'models' and 'attacks' sections "
                          "(e.g. profiles/cifar10.yaml)")
-    out = _shrink(copy.deepcopy(profile))
+    out = _thin(_shrink(copy.deepcopy(profile)))
     out["profile"] = name or f"{profile.get('profile', 'profile')}-toy"
     data = out["data"]
     for key in ("train_limit", "test_limit"):
@@ -91,8 +110,11 @@ def toy(profile: dict, *, name: str | None = None) -> dict:
         for entry in (out.get("train", {}).get(group) or {}).values():
             if entry.get("pretrained"):
                 entry["pretrained"] = False
-    if out.get("train", {}).get("defaults", {}).get("pretrained"):
-        out["train"]["defaults"]["pretrained"] = False
+    defaults = out.get("train", {}).get("defaults", {})
+    if defaults.get("pretrained"):
+        defaults["pretrained"] = False
+    if "max_batches" in defaults:
+        defaults["max_batches"] = TOY_CAPS["max_batches"]
     return out
 
 
