@@ -260,7 +260,7 @@ def curvature_across(models: pd.DataFrame, *, rng: np.random.Generator, geometry
     z = None if covariate is None else models[covariate].to_numpy(float)
     res = stats.partial_spearman(models[geometry].to_numpy(float), models[metric].to_numpy(float), z, rng=rng,
                                  n_boot=n_boot, n_perm=n_perm)
-    n_img = int(models["n_images"].median()) if "n_images" in models.columns else 0
+    n_img = int(models["n_images"].median()) if "n_images" in models.columns and len(models) else 0
     res = BootResult(res.estimate, res.ci_low, res.ci_high, res.p_value, n_img,
                      int(models["seed"].nunique()) if "seed" in models.columns else 0)
     claim = claim or f"Models with smaller {geometry} have more robust attributions"

@@ -283,6 +283,9 @@ def partial_spearman(x, y, z=None, *, rng: np.random.Generator, n_boot: int = 20
     """
     rng = _check_rng(rng)
     x, y = np.asarray(x, float), np.asarray(y, float)
+    if len(x) == 0:                      # no units at all (e.g. no model with a correctly classified image)
+        nan = float("nan")
+        return BootResult(nan, nan, nan, nan, 0, 0)
     zz = None if z is None else np.asarray(z, float).reshape(len(x), -1)
     ok = np.isfinite(x) & np.isfinite(y) & (np.ones(len(x), bool) if zz is None else np.isfinite(zz).all(1))
     x, y = x[ok], y[ok]
