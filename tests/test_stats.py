@@ -186,3 +186,16 @@ def test_matched_cost_and_errors():
 def test_rng_must_be_a_generator():
     with pytest.raises(TypeError, match="Generator"):
         stats.hierarchical_bootstrap(tidy([[1.0, 2.0]]), "value", rng=0)
+
+
+def test_partial_spearman_and_paired_difference_without_units_give_nan_not_errors():
+    rng = np.random.default_rng(0)
+    res = stats.partial_spearman([], [], [], rng=rng, n_boot=10, n_perm=10)
+    assert np.isnan(res.estimate) and res.n_images == 0
+    # seeds are paired as trained: a seed whose images are all misclassified leaves no difference, not an error
+    t = pd.DataFrame({"seed": [0, 1], "image": [0, 0], "topk": [0.5, 0.6], "attacked": [False, True]})
+    b = pd.DataFrame({"seed": [0, 1], "image": [0, 0], "topk": [0.4, 0.4], "attacked": [True, True]})
+    d = stats.paired_frame(t, b, "topk")
+    assert list(d.seed) == [1] and np.allclose(d["diff"], [0.2])
+    none = stats.paired_difference(t.assign(attacked=False), b, "topk", rng=rng, n_boot=10)
+    assert np.isnan(none.estimate) and none.n_images == 0
