@@ -137,7 +137,7 @@ def test_claims_stage_end_to_end(results):
         assert row.verdict == claims.verdict(row.ci_low, row.ci_high, row.p_adjusted)
 
 
-NOTEBOOK_COMPUTE = re.compile(r"\b(attack|evaluate|evaluate_zoo|hessian_max_eig|exact_hessian_max_eig|"
+NOTEBOOK_COMPUTE = re.compile(r"\b(attack|evaluate|hessian_max_eig|exact_hessian_max_eig|"
                               r"gradient_lipschitz|lipschitz_measures|fit|noise_floor)\(")
 
 

@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from smoothgeo import attack_stage as st
-from smoothgeo import attacks
+from smoothgeo import attack_config, attacks
 from smoothgeo import experiments
 from smoothgeo.checkpoints import save_checkpoint
 from smoothgeo.models import build_model
@@ -222,7 +222,7 @@ def test_bad_config_raises_one_line_error(path, value, match):
 
 
 def test_docstring_example_is_valid():
-    text = st.__doc__.split("complete example::")[1].split("\n\n")[1]
+    text = attack_config.__doc__.split("complete example::")[1].split("\n\n")[1]
     params = {"methods": {"SG": {"noise_level": 0.1, "samples": 20}}, **yaml.safe_load(text)}
     if "backtrack" not in st._on_reject_values():  # attacks.py before the non-stalling policy landed
         params["attacks"]["defaults"]["on_reject"] = "revert"

@@ -2,6 +2,9 @@
 
 Modules, one per concern:
     data           Fashion-MNIST / CIFAR-10 / Flowers-102 / ImageNet loaders (images in [0, 1])
+    standins       synthetic stand-ins in the real file layouts; data_stage: the data stage (real or stand-in)
+    profiles       the toy version of a paper-scale profile (``bash scripts/repro.sh cifar10-toy``)
+    experiments    the seeded evaluation images every stage shares; clean test accuracy
     models         the networks, ``softplus_copy``
     attributions   SM, IG, SmoothGrad, Uniform Gradient and the 2-D attribution map
     captum_methods any Captum attribution as an evaluated method (``captum:<Class>``)
@@ -12,7 +15,8 @@ Modules, one per concern:
     training       natural / weight decay / Madry / IG-NORM / SSR recipes; train: the training CLI
     geometry       lambda_max (exact, Ritz, merged classes, power iteration), scale-invariant curvature,
                    Lipschitz ratios, the bound test
-    attack_stage   pipeline stage: every attack of one model, once (distributed: sharded over processes)
+    attack_stage   pipeline stage: every attack of one model, once (distributed: sharded over processes);
+                   attack_config: the params ``attacks`` section, its checks and the settings of a model
     measure_stage  pipeline stage: per-image geometry of one model, once
     results        the tidy result tables; analysis: per-model tables, frontiers, diagnostics
     stats          bootstrap over seeds and images, paired differences, Holm, partial Spearman, transfer

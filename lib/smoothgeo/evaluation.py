@@ -41,7 +41,8 @@ from .attributions import METHODS, attribute, make_generator, map_of
 from .io import atomic_write_csv, atomic_write_json
 from .metrics import METRICS
 
-__all__ = ["evaluate", "noise_floor", "summarise", "compute_maps", "compare_maps", "COLUMNS", "METRIC_COLUMNS"]
+__all__ = ["evaluate", "noise_floor", "summarise", "compute_maps", "compare_maps", "fingerprint", "COLUMNS",
+           "METRIC_COLUMNS"]
 
 METRIC_COLUMNS = ["topk", "kendall", "spearman", "mass_center", "cosine"]
 COLUMNS = ["image", "kind", "epsilon", "attacked_method", "evaluated_method", *METRIC_COLUMNS, "linf",
@@ -82,7 +83,8 @@ def compare_maps(clean: Tensor, adv: Tensor, k: int) -> dict[str, np.ndarray]:
     return out
 
 
-def _fingerprint(*tensors) -> str:
+def fingerprint(*tensors) -> str:
+    """A short hash of tensors (shape, dtype, exact bytes): the key under which partial results are resumed."""
     h = hashlib.sha256()
     for t in tensors:
         t = t.detach().cpu().contiguous()
@@ -198,11 +200,11 @@ def evaluate(model: nn.Module, x: Tensor, y, *, attacked_methods: str | Sequence
     n = x.shape[0]
     x = x.detach()
 
-    config = {"model": _fingerprint(*model.state_dict().values()), "data": _fingerprint(x, y),
+    config = {"model": fingerprint(*model.state_dict().values()), "data": fingerprint(x, y),
               "evaluated_methods": evaluated_methods, "step_size": step_size, "steps": steps, "k": k,
               "beta": beta, "restarts": restarts, "seed": seed, "method_options": method_options,
               "direction_options": direction_options,
-              "target_map": None if target_map is None else _fingerprint(torch.as_tensor(target_map)),
+              "target_map": None if target_map is None else fingerprint(torch.as_tensor(target_map)),
               "convention": convention, "map_weight": map_weight, "output_weight": output_weight,
               "on_reject": on_reject, "stall_window": stall_window, "batch_size": batch_size}
     if surrogates is not None or select != "kendall" or random_steps is not None:  # absent: older hashes hold
