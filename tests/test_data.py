@@ -12,16 +12,7 @@ import torch
 from smoothgeo import data
 
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    """Any download attempt fails fast, as offline; the Debian folder is only used where a test asks."""
-    def refuse(*args, **kwargs):
-        raise OSError("network disabled in tests")
-
-    monkeypatch.setattr(data, "_fetch", refuse)
-    monkeypatch.setattr(data, "_torchvision_download", refuse)
-    monkeypatch.delenv("SMOOTHGEO_DATA_DIRS", raising=False)
-    monkeypatch.delenv("SMOOTHGEO_OFFLINE", raising=False)
+pytestmark = pytest.mark.usefixtures("no_network")   # tests/conftest.py
 
 
 def write_idx(path: Path, array: np.ndarray, *, magic: bytes | None = None) -> None:

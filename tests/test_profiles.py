@@ -20,13 +20,7 @@ def load(name):
         return yaml.safe_load(fh)
 
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise OSError("network disabled in tests")
-
-    monkeypatch.setattr(data, "_fetch", refuse)
-    monkeypatch.setattr(data, "_torchvision_download", refuse)
+pytestmark = pytest.mark.usefixtures("no_network")   # tests/conftest.py
 
 
 @pytest.mark.parametrize("name", PAPER + ["smoke"])
