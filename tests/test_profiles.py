@@ -54,8 +54,11 @@ def test_toy_keeps_what_decides_the_code_path_and_caps_sizes(name):
     assert toy["profile"] == f"{full['profile']}-toy"
     assert full["profile"] == name and "standin" not in full["data"]       # the source is not changed
     assert toy["data"]["dataset"] == full["data"]["dataset"] and toy["data"]["standin"] == profiles.TOY_STANDIN
-    kept = {m for m in full["models"] if "-s2" not in m}
-    assert set(toy["models"]) == kept and kept            # seeds 0 and 1 of every group
+    own = full.get("toy", {})
+    seeds = own.get("seeds", profiles.TOY_SEEDS)
+    steps = own.get("caps", {}).get("steps", profiles.TOY_CAPS["steps"])
+    kept = {m for m in full["models"] if all(f"-s{k}" not in m for k in range(seeds, 10))}
+    assert set(toy["models"]) == kept and kept            # the first seeds of every group
     assert set(toy["comparisons"]) == set(full["comparisons"])
     for group, seeds in full["comparisons"]["central"].items():
         assert toy["comparisons"]["central"][group] == [m for m in seeds if m in kept]
@@ -70,10 +73,10 @@ def test_toy_keeps_what_decides_the_code_path_and_caps_sizes(name):
     assert toy["attacks"]["defaults"]["epsilons"] == full["attacks"]["defaults"]["epsilons"]
     for run in {**toy["train"]["scratch"], **(toy["train"]["finetune"] or {})}.values():
         assert not run.get("pretrained")
-        assert run.get("steps", 0) <= 2 and run.get("ig_steps", 0) <= 2
+        assert run.get("steps", 0) <= steps and run.get("ig_steps", 0) <= 2
     assert toy["attacks"]["n_images"] == toy["measures"]["n_images"] == 2
     assert toy["attacks"]["images"] == "all" and "images" not in full["attacks"]
-    assert toy["attacks"]["defaults"]["steps"] == 2
+    assert toy["attacks"]["defaults"]["steps"] == steps
     assert toy["attacks"]["settings"]["SG-noise"]["steps"] == 0                 # a zero stays zero
     assert len(toy["attacks"]["defaults"]["surrogates"]) == 2
     assert toy["methods"]["SG"]["samples"] == 2
@@ -185,3 +188,15 @@ def test_measure_config_jacobian_switch():
         measure_stage.measure_config({"measures": {"jacobian": False, "hessian_method": "exact"}})
     with pytest.raises(ValueError, match="jacobian"):
         measure_stage.measure_config({"measures": {"jacobian": "no"}})
+
+
+def test_a_profile_tunes_its_own_toy():
+    full = load("flowers")
+    toy = profiles.toy(full)
+    assert "toy" not in toy and "toy" in full
+    assert all("-s1" not in m for m in toy["models"])                 # seeds: 1
+    assert toy["attacks"]["defaults"]["steps"] == 1                    # caps: {steps: 1}
+    assert toy["measures"]["jacobian"] is False                        # set: {...}
+    assert toy["measures"]["n_images"] == 2                            # the generic caps still apply
+    with pytest.raises(ValueError, match="'toy' section"):
+        profiles.toy({**full, "toy": {"unknown": 1}})

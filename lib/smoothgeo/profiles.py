@@ -48,18 +48,25 @@ TOY_SEEDS = 2                             # seeds kept per model group (the seed
 _SEED = re.compile(r"-s(?P<seed>\d+)(?:\+|$)")
 
 
-def _kept(name) -> bool:
-    m = _SEED.search(str(name))
-    return m is None or int(m["seed"]) < TOY_SEEDS
+def _thin(node, seeds: int):
+    """Drop every model of seed >= ``seeds``: mapping keys, list entries and mapping values naming one."""
+    def kept(name) -> bool:
+        m = _SEED.search(str(name))
+        return m is None or int(m["seed"]) < seeds
 
-
-def _thin(node):
-    """Drop every model of seed >= TOY_SEEDS: mapping keys, list entries and mapping values naming one."""
     if isinstance(node, dict):
-        return {k: _thin(v) for k, v in node.items() if _kept(k) and not (isinstance(v, str) and not _kept(v))}
+        return {k: _thin(v, seeds) for k, v in node.items()
+                if kept(k) and not (isinstance(v, str) and not kept(v))}
     if isinstance(node, list):
-        return [_thin(v) for v in node if not (isinstance(v, str) and not _kept(v))]
+        return [_thin(v, seeds) for v in node if not (isinstance(v, str) and not kept(v))]
     return node
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def _cap(value, cap):
@@ -68,28 +75,33 @@ def _cap(value, cap):
     return type(value)(min(value, cap))
 
 
-def _shrink(node):
+def _shrink(node, caps: dict):
     if isinstance(node, dict):
         out = {}
         for key, value in node.items():
-            if key in TOY_CAPS and not isinstance(value, (dict, list)):
-                out[key] = _cap(value, TOY_CAPS[key])
+            if key in caps and not isinstance(value, (dict, list)):
+                out[key] = _cap(value, caps[key])
             elif key in TOY_LIST_CAPS and isinstance(value, list):
-                out[key] = [_shrink(v) for v in value[:TOY_LIST_CAPS[key]]]
+                out[key] = [_shrink(v, caps) for v in value[:TOY_LIST_CAPS[key]]]
             else:
-                out[key] = _shrink(value)
+                out[key] = _shrink(value, caps)
         return out
     if isinstance(node, list):
-        return [_shrink(v) for v in node]
+        return [_shrink(v, caps) for v in node]
     return node
 
 
 def toy(profile: dict, *, name: str | None = None) -> dict:
     """The toy version of a paper-scale profile (a new dict; ``profile`` is not changed).
 
+    A profile may tune its own toy in a ``toy`` section (removed from the result): ``seeds`` (default
+    :data:`TOY_SEEDS`), ``caps`` (merged over :data:`TOY_CAPS`) and ``set`` (merged over the toy profile last),
+    e.g. ``toy: {seeds: 1, caps: {steps: 1}, set: {measures: {jacobian: false}}}`` where the full-size network
+    makes even the toy slow on a CPU.
+
     Sizes are capped by :data:`TOY_CAPS` wherever the key appears; ``train_limit``/``test_limit`` null (all)
-    become the cap, and so does the default ``max_batches``; models of seed 2 and above are dropped everywhere
-    (two seeds keep the seed-pairing code in play); the data set becomes a synthetic stand-in (:data:`TOY_STANDIN`); ``pretrained`` weights
+    become the cap, and so does the default ``max_batches``; models of seed ``seeds`` and above are dropped
+    everywhere (two seeds keep the seed-pairing code in play); the data set becomes a synthetic stand-in (:data:`TOY_STANDIN`); ``pretrained`` weights
     become random ones (nothing is downloaded); every image is attacked (``attacks.images: all``: the barely
     trained models classify almost nothing correctly); the model names, recipes, settings and comparisons are
     unchanged.
@@ -97,7 +109,12 @@ def toy(profile: dict, *, name: str | None = None) -> dict:
     if not isinstance(profile, dict) or not {"data", "models", "attacks"} <= set(profile):
         raise ValueError("a toy profile is made from a full profile with 'data', 'models' and 'attacks' sections "
                          "(e.g. profiles/cifar10.yaml)")
-    out = _thin(_shrink(copy.deepcopy(profile)))
+    profile = copy.deepcopy(profile)
+    own = profile.pop("toy", None) or {}
+    if not isinstance(own, dict) or set(own) - {"seeds", "caps", "set"}:
+        raise ValueError(f"a profile's 'toy' section takes seeds, caps and set, got {own!r}")
+    caps = {**TOY_CAPS, **(own.get("caps") or {})}
+    out = _thin(_shrink(profile, caps), int(own.get("seeds", TOY_SEEDS)))
     out["profile"] = name or f"{profile.get('profile', 'profile')}-toy"
     data = out["data"]
     for key in ("train_limit", "test_limit"):
@@ -114,8 +131,8 @@ def toy(profile: dict, *, name: str | None = None) -> dict:
     if defaults.get("pretrained"):
         defaults["pretrained"] = False
     if "max_batches" in defaults:
-        defaults["max_batches"] = TOY_CAPS["max_batches"]
-    return out
+        defaults["max_batches"] = caps["max_batches"]
+    return _merge(out, own.get("set") or {})
 
 
 def _header(src: Path) -> str:
