@@ -200,3 +200,14 @@ def test_a_profile_tunes_its_own_toy():
     assert toy["measures"]["n_images"] == 2                            # the generic caps still apply
     with pytest.raises(ValueError, match="'toy' section"):
         profiles.toy({**full, "toy": {"unknown": 1}})
+
+
+def test_dvc_yaml_parses_and_its_code_dependencies_exist():
+    pipeline = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    stages = pipeline["stages"]
+    assert {"data", "train_scratch", "attack", "measure", "claims", "report"} <= set(stages)
+    for name, stage in stages.items():
+        body = stage.get("do", stage)
+        for dep in body.get("deps", []):
+            if isinstance(dep, str) and dep.startswith(("lib/", "notebooks/")):
+                assert (ROOT / dep).exists(), f"stage {name} depends on missing {dep}"
