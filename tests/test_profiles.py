@@ -67,6 +67,7 @@ def test_toy_keeps_what_decides_the_code_path_and_caps_sizes(name):
         if isinstance(setting.get("models"), list):
             assert set(setting["models"]) <= kept and setting["models"], sname
     assert toy["train"]["defaults"]["max_batches"] == 2
+    assert toy["measures"]["power_iters"] == profiles.TOY_CAPS["power_iters"]
     assert toy["train"]["defaults"]["arch"] == full["train"]["defaults"]["arch"]
     assert set(toy["attacks"]["settings"]) == set(full["attacks"]["settings"])
     assert toy["attacks"]["defaults"]["k"] == full["attacks"]["defaults"]["k"]

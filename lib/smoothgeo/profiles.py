@@ -100,7 +100,7 @@ def toy(profile: dict, *, name: str | None = None) -> dict:
     makes even the toy slow on a CPU.
 
     Sizes are capped by :data:`TOY_CAPS` wherever the key appears; ``train_limit``/``test_limit`` null (all)
-    become the cap, and so does the default ``max_batches``; models of seed ``seeds`` and above are dropped
+    become the cap, and so do the default ``max_batches`` and ``measures.power_iters``; models of seed ``seeds`` and above are dropped
     everywhere (two seeds keep the seed-pairing code in play); the data set becomes a synthetic stand-in (:data:`TOY_STANDIN`); ``pretrained`` weights
     become random ones (nothing is downloaded); every image is attacked (``attacks.images: all``: the barely
     trained models classify almost nothing correctly); the model names, recipes, settings and comparisons are
@@ -132,6 +132,8 @@ def toy(profile: dict, *, name: str | None = None) -> dict:
         defaults["pretrained"] = False
     if "max_batches" in defaults:
         defaults["max_batches"] = caps["max_batches"]
+    if isinstance(out.get("measures"), dict):   # the power route's default of 100 iterations, capped too
+        out["measures"].setdefault("power_iters", caps["power_iters"])
     return _merge(out, own.get("set") or {})
 
 
