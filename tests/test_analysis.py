@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from smoothgeo import analysis, claims
 from smoothgeo.attack_stage import COLUMNS, resolve_settings
@@ -148,3 +149,17 @@ def test_notebooks_do_not_attack_train_or_measure(name):
     nb = json.loads((ROOT / "notebooks" / f"{name}.ipynb").read_text())
     source = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
     assert not NOTEBOOK_COMPUTE.findall(source), f"{name} recomputes: {NOTEBOOK_COMPUTE.findall(source)}"
+
+
+def test_report_warns_on_top_when_the_data_were_a_stand_in(results, tmp_path):
+    from smoothgeo import summary
+
+    run_claims(SMOKE, results, n_boot=50)
+    params = tmp_path / "params.yaml"
+    for standin, warned in ((None, False), ({"train": 16, "test": 16}, True)):
+        data = {"dataset": "cifar10", "root": "data/raw", **({"standin": standin} if standin else {})}
+        params.write_text(yaml.safe_dump({"data": data}))
+        assert summary.main(["report", "--results", str(results), "--params", str(params)]) == 0
+        text = (results / "SUMMARY.md").read_text()
+        assert ("synthetic stand-in for cifar10" in text) == warned
+        assert "### Claims" in text
