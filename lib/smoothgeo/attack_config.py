@@ -53,8 +53,6 @@ required, plus any key of ``defaults`` to override it, and:
   always evaluated (put first when the list lacks it). Besides SM/IG/SG/UG, any
   Captum method is accepted as ``captum:<Class>`` (e.g. ``captum:GuidedBackprop``, options under the
   top-level ``methods``; see :mod:`smoothgeo.captum_methods`); it is evaluated (transfer), never attacked.
-
-Conventions:
 """
 from __future__ import annotations
 

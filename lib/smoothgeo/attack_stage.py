@@ -13,6 +13,8 @@ seed=params["seed"])``, so comparisons between models are paired by image index.
 Parameters: the ``attacks`` section (and the top-level ``seed``, ``device``, ``data`` and ``methods``), read
 and checked by :mod:`smoothgeo.attack_config` (its docstring has a complete example and every key).
 
+Conventions:
+
 * Surrogates: a ReLU model is attacked through each softplus beta of ``surrogates`` (per image the worst,
   i.e. lowest-Kendall, result wins; ``member`` / ``beta`` name the winner, beta NaN = the model's own gradient).
   A smooth model (e.g. a ``+softplus`` copy) is attacked through its own gradient only, and the ``random``
