@@ -100,11 +100,11 @@ def toy(profile: dict, *, name: str | None = None) -> dict:
     makes even the toy slow on a CPU.
 
     Sizes are capped by :data:`TOY_CAPS` wherever the key appears; ``train_limit``/``test_limit`` null (all)
-    become the cap, and so do the default ``max_batches`` and ``measures.power_iters``; models of seed ``seeds`` and above are dropped
-    everywhere (two seeds keep the seed-pairing code in play); the data set becomes a synthetic stand-in (:data:`TOY_STANDIN`); ``pretrained`` weights
-    become random ones (nothing is downloaded); every image is attacked (``attacks.images: all``: the barely
-    trained models classify almost nothing correctly); the model names, recipes, settings and comparisons are
-    unchanged.
+    become the cap, and so do the default ``max_batches`` and ``measures.power_iters``. Models of seed
+    ``seeds`` and above are dropped everywhere (two seeds keep the seed-pairing code in play). The data set
+    becomes a synthetic stand-in (:data:`TOY_STANDIN`); ``pretrained`` weights become random ones (nothing is
+    downloaded); every image is attacked (``attacks.images: all``: the barely trained models classify almost
+    nothing correctly). The model names, recipes, settings and comparisons are unchanged.
     """
     if not isinstance(profile, dict) or not {"data", "models", "attacks"} <= set(profile):
         raise ValueError("a toy profile is made from a full profile with 'data', 'models' and 'attacks' sections "
@@ -119,7 +119,7 @@ def toy(profile: dict, *, name: str | None = None) -> dict:
     data = out["data"]
     for key in ("train_limit", "test_limit"):
         if data.get(key) is None:
-            data[key] = TOY_CAPS[key]
+            data[key] = caps[key]
     data["standin"] = dict(TOY_STANDIN)
     # random-weight models classify almost nothing correctly: attack every image (its prediction as label)
     out["attacks"]["images"] = "all"
