@@ -25,9 +25,9 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from smoothgeo.attacks import attack
-from smoothgeo.checkpoints import load_checkpoint
-from smoothgeo.models import FashionCNN
+from smoothgeo.core.attacks import attack
+from smoothgeo.store.checkpoints import load_checkpoint
+from smoothgeo.core.models import FashionCNN
 
 
 def _sync(device: torch.device) -> None:

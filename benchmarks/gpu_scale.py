@@ -6,14 +6,14 @@ ResNet-50 on 224x224x3 (ImageNet, 1000 classes). On CUDA the defaults are paper-
 command finishes in minutes; every line says what it measured. Inputs are uniform random images labelled with
 the model's own prediction, so every image is attacked (throughput does not depend on pixel values).
 
-* attack: :func:`smoothgeo.attacks.attack` (``--method``, top-k kind, softplus surrogate beta 10), image-steps
+* attack: :func:`smoothgeo.core.attacks.attack` (``--method``, top-k kind, softplus surrogate beta 10), image-steps
   per second for the whole batch at once and for a loop over single images.
 * train: seconds per optimisation step (SGD, batch ``--train-batch``, after one untimed step) of the natural,
-  madry (PGD, ``--pgd-steps``) and ssr recipes of :mod:`smoothgeo.training`. SSR's lambda_max costs one
+  madry (PGD, ``--pgd-steps``) and ssr recipes of :mod:`smoothgeo.training.recipes`. SSR's lambda_max costs one
   backward pass per class and image, so ResNet-50's 1000 classes are skipped on the CPU (``--ssr-on-cpu``).
 * ``--amp``: the maps (SM and IG) under ``torch.autocast`` in bf16 and fp16 against float32: seconds, the largest
   absolute difference of the normalised maps (each sums to H*W), top-k intersection and Kendall tau-b (exact,
-  :mod:`smoothgeo.ranks`) with the float32 maps, and the attack's throughput under autocast. Use autocast only
+  :mod:`smoothgeo.core.ranks`) with the float32 maps, and the attack's throughput under autocast. Use autocast only
   where top-k / Kendall stay at 1.0 to the precision the study reports.
 
     python benchmarks/gpu_scale.py                       # CUDA if available, else CPU tiny sizes
@@ -28,12 +28,12 @@ import time
 
 import torch
 
-from smoothgeo.attacks import attack
-from smoothgeo.attributions import attribute, map_of
-from smoothgeo.metrics import topk_intersection
-from smoothgeo.models import build_model
-from smoothgeo.ranks import kendall_tau_b
-from smoothgeo.training import RECIPES, check_options
+from smoothgeo.core.attacks import attack
+from smoothgeo.core.attributions import attribute, map_of
+from smoothgeo.core.metrics import topk_intersection
+from smoothgeo.core.models import build_model
+from smoothgeo.core.ranks import kendall_tau_b
+from smoothgeo.training.recipes import RECIPES, check_options
 
 
 def _sync(device):

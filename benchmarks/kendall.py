@@ -1,8 +1,8 @@
 """Kendall's tau-b on large maps: the O(P log P) route vs scipy vs the exact O(P^2) ``metrics.kendall_tau``.
 
 Prints the seconds for ``--maps`` pairs of ``--size`` x ``--size`` maps on the CPU for
-:func:`smoothgeo.ranks.kendall_tau_b` (batched), ``scipy.stats.kendalltau`` (a loop over maps) and the current
-:func:`smoothgeo.metrics.kendall_tau` (timed on ``--quadratic-maps`` maps and extrapolated linearly in the
+:func:`smoothgeo.core.ranks.kendall_tau_b` (batched), ``scipy.stats.kendalltau`` (a loop over maps) and the current
+:func:`smoothgeo.core.metrics.kendall_tau` (timed on ``--quadratic-maps`` maps and extrapolated linearly in the
 number of maps, which is exact for its cost), and the largest absolute difference of each to scipy.
 Maps are correlated uniform noise; ``--levels L`` quantises them to L values (heavy ties).
 
@@ -17,8 +17,8 @@ import numpy as np
 import scipy.stats as st
 import torch
 
-from smoothgeo.metrics import kendall_tau
-from smoothgeo.ranks import kendall_tau_b
+from smoothgeo.core.metrics import kendall_tau
+from smoothgeo.core.ranks import kendall_tau_b
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Error of SSR's fast lambda_max routes against the exact C x C lambda_max, on trained checkpoints.
 
-Routes of ``smoothgeo.geometry.lambda_max_penalty``: ``top-m`` (``top_classes = m``, merged-class route) and
+Routes of ``smoothgeo.core.geometry.lambda_max_penalty``: ``top-m`` (``top_classes = m``, merged-class route) and
 ``ritz-k`` (``ritz_vectors = k``, Ritz route). For every checkpoint, over the first ``--images`` Fashion-MNIST
 test images (model in eval mode), the relative error ``(exact - fast) / exact`` per image: median, 90th
 percentile and max, plus the mean lambda_max both ways (what the penalty averages; "mean err" is their
@@ -10,7 +10,7 @@ lambda_max is below ``--floor`` (near one-hot ``p``; the penalty is ~0 there) ar
 
     python benchmarks/ssr_error.py CKPT [CKPT ...] [--images 500] [--top-classes 2 3 4] [--ritz 2 3 4]
 
-Train the checkpoints first, e.g. with ``python -m smoothgeo.train`` on a small params file (a natural model
+Train the checkpoints first, e.g. with ``python -m smoothgeo.pipeline.train`` on a small params file (a natural model
 and an SSR model, alpha 0.3, scale 10, from scratch).
 """
 from __future__ import annotations
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from smoothgeo.checkpoints import load_checkpoint
-from smoothgeo.data import load_tensors
-from smoothgeo.geometry import evaluating, lambda_max_penalty
+from smoothgeo.store.checkpoints import load_checkpoint
+from smoothgeo.data.datasets import load_tensors
+from smoothgeo.core.geometry import evaluating, lambda_max_penalty
 
 
 def lambda_max(model, x, chunk: int, **route) -> torch.Tensor:

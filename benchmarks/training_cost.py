@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from smoothgeo.geometry import ce_hessian_lambda_max, lambda_max_penalty
-from smoothgeo.models import FashionCNN
-from smoothgeo.train import GENERIC_KEYS, resolve_device
-from smoothgeo.training import RECIPES, check_options
+from smoothgeo.core.geometry import ce_hessian_lambda_max, lambda_max_penalty
+from smoothgeo.core.models import FashionCNN
+from smoothgeo.pipeline.train import GENERIC_KEYS, resolve_device
+from smoothgeo.training.recipes import RECIPES, check_options
 
 DEFAULTS = {  # the lead's params.yaml protocol
     "natural": {}, "weight_decay": {"weight_decay": 5e-4}, "ssr": {"alpha": 0.3, "scale": 1.0},
@@ -38,7 +38,7 @@ TRAIN_SIZE = 60_000
 def recipe_options(params_path: str | None) -> dict[str, dict]:
     options = {k: dict(v) for k, v in DEFAULTS.items()}
     if params_path and Path(params_path).exists():
-        from smoothgeo.io import load_params
+        from smoothgeo.store.atomic import load_params
 
         train = load_params(params_path).get("train") or {}
         seen = set()
@@ -53,7 +53,7 @@ def recipe_options(params_path: str | None) -> dict[str, dict]:
 
 def batches_of(n: int, batch_size: int, device) -> tuple[list, str]:
     try:
-        from smoothgeo.data import load_tensors
+        from smoothgeo.data.datasets import load_tensors
 
         x, y = load_tensors("fashion_mnist", "train", limit=n * batch_size, seed=0, download=False)
         source = f"Fashion-MNIST ({x.shape[0]} training images)"

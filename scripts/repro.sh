@@ -3,7 +3,7 @@
 # `bash scripts/repro.sh PROFILE` (smoke, cifar10, flowers, imagenet) runs the same pipeline with
 # profiles/PROFILE.yaml in its own workspace runs/PROFILE/, so the committed default results stay untouched.
 # `bash scripts/repro.sh PROFILE-toy` (cifar10-toy, flowers-toy, imagenet-toy) runs the toy version of a
-# paper-scale profile (smoothgeo.profiles: synthetic stand-in data, tiny sizes) in runs/PROFILE-toy/.
+# paper-scale profile (smoothgeo.pipeline.profiles: synthetic stand-in data, tiny sizes) in runs/PROFILE-toy/.
 # Extra arguments go to `dvc repro` (e.g. `bash scripts/repro.sh default robust_training`).
 #
 # Profile workspaces (runs/PROFILE/) are separate DVC projects that hold only what is theirs:
@@ -52,14 +52,14 @@ if [ "$profile" = default ]; then
   lock_or_refuse "$ROOT/.dvc/tmp/repro.sh.lock"
   dvc repro "$@"
   if [ -f results/SUMMARY.md ]; then  # copy the generated tables and figure links into README.md
-    python -m smoothgeo.summary report --results results --readme README.md
+    python -m smoothgeo.pipeline.summary report --results results --readme README.md
   fi
   exit 0
 fi
 case "$profile" in
   ""|*/*|.*) echo "invalid profile name '$profile'" >&2; exit 2 ;;
 esac
-# PROFILE-toy (e.g. cifar10-toy): profiles/PROFILE.yaml shrunk by `python -m smoothgeo.profiles toy` (synthetic
+# PROFILE-toy (e.g. cifar10-toy): profiles/PROFILE.yaml shrunk by `python -m smoothgeo.pipeline.profiles toy` (synthetic
 # stand-in data, tiny sizes, random weights), generated into the workspace on every run
 toy_of=""
 if [ ! -f "profiles/$profile.yaml" ] && [ "${profile%-toy}" != "$profile" ] && [ -f "profiles/${profile%-toy}.yaml" ]; then
@@ -81,7 +81,7 @@ mkdir -p "$ws/.dvc/tmp"
 lock_or_refuse "$ws/.dvc/tmp/repro.sh.lock"
 echo "[repro] profile $profile in workspace $ws"
 if [ -n "$toy_of" ]; then
-  python -m smoothgeo.profiles toy "$toy_of" "$ws/.profile-source.yaml" --name "$profile"
+  python -m smoothgeo.pipeline.profiles toy "$toy_of" "$ws/.profile-source.yaml" --name "$profile"
 fi
 
 # entries that belong to the workspace; every other top-level entry of the checkout is linked

@@ -9,7 +9,7 @@ torch.set_num_threads(1)
 @pytest.fixture
 def no_network(monkeypatch):
     """Any download attempt fails fast, as offline; the Debian folder is only used where a test asks."""
-    from smoothgeo import data
+    from smoothgeo.data import datasets as data
 
     def refuse(*args, **kwargs):
         raise OSError("network disabled in tests")

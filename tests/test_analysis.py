@@ -9,11 +9,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from smoothgeo import analysis, claims
-from smoothgeo.attack_stage import COLUMNS, resolve_settings
-from smoothgeo.io import load_params
-from smoothgeo.results import model_table
-from smoothgeo.summary import run_claims
+from smoothgeo.analysis import frames as analysis
+from smoothgeo.analysis import claims
+from smoothgeo.pipeline.attack import COLUMNS, resolve_settings
+from smoothgeo.store.atomic import load_params
+from smoothgeo.analysis.results import model_table
+from smoothgeo.pipeline.summary import run_claims
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = load_params(ROOT / "profiles" / "smoke.yaml")
@@ -103,7 +104,7 @@ def test_model_table_names_a_missing_record(tmp_path):
 
 
 def test_frontier_points_take_every_strength_and_start_at_natural(results):
-    from smoothgeo.results import load_attacks
+    from smoothgeo.analysis.results import load_attacks
     models = model_table(SMOKE, results)
     atk = load_attacks(results, models.model)
     points = analysis.frontier_points(atk, models, families=["ssr", "madry"], baseline=["natural-s0", "natural-s1"],
@@ -115,7 +116,7 @@ def test_frontier_points_take_every_strength_and_start_at_natural(results):
 
 
 def test_diagnostics_report_stalls_and_winning_betas(results):
-    from smoothgeo.results import load_attacks
+    from smoothgeo.analysis.results import load_attacks
     diag = analysis.diagnostics(load_attacks(results, ["natural-s0"]))
     row = diag[diag.setting == "SM-topk-eps0.1"].iloc[0]
     assert row.stall_rate == 0 and row.images == N - 1 and "10: 100%" in row.winning_beta
@@ -152,7 +153,7 @@ def test_notebooks_do_not_attack_train_or_measure(name):
 
 
 def test_report_warns_on_top_when_the_data_were_a_stand_in(results, tmp_path):
-    from smoothgeo import summary
+    from smoothgeo.pipeline import summary
 
     run_claims(SMOKE, results, n_boot=50)
     params = tmp_path / "params.yaml"

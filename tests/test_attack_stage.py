@@ -1,4 +1,4 @@
-"""The attack stage (smoothgeo.attack_stage) and target-map construction (smoothgeo.targets): tiny random
+"""The attack stage (smoothgeo.pipeline.attack) and target-map construction (smoothgeo.core.targets): tiny random
 FashionCNN on 8x8 synthetic images, a few attack steps; CPU, seconds."""
 import dataclasses
 import gzip
@@ -10,12 +10,13 @@ import pytest
 import torch
 import yaml
 
-from smoothgeo import attack_stage as st
-from smoothgeo import attack_config, attacks
-from smoothgeo import experiments
-from smoothgeo.checkpoints import save_checkpoint
-from smoothgeo.models import build_model
-from smoothgeo.targets import pick_targets, target_distance, target_maps
+from smoothgeo.pipeline import attack as st
+from smoothgeo.pipeline import attack_config
+from smoothgeo.core import attacks
+from smoothgeo.data import images as experiments
+from smoothgeo.store.checkpoints import save_checkpoint
+from smoothgeo.core.models import build_model
+from smoothgeo.core.targets import pick_targets, target_distance, target_maps
 
 N = 6
 
@@ -277,7 +278,7 @@ def test_pick_targets_is_deterministic_and_picks_another_label():
 def test_target_maps_are_the_clean_maps_of_the_target_images(stage):
     model = st.load_model("natural-s0", checkpoints=stage.tmp / "ckpt")
     index, maps = target_maps(model, stage.x, stage.y, "SM")
-    from smoothgeo.evaluation import compute_maps
+    from smoothgeo.core.evaluation import compute_maps
     with torch.no_grad():
         pred = model(stage.x).argmax(1)
     own = compute_maps(model, stage.x, pred, "SM")

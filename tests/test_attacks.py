@@ -1,10 +1,10 @@
-"""Tests of the attribution attack loop (smoothgeo.attacks): CPU, tiny models, seconds."""
+"""Tests of the attribution attack loop (smoothgeo.core.attacks): CPU, tiny models, seconds."""
 import pytest
 import torch
 from torch import nn
 
-from smoothgeo.attacks import KINDS, attack, derive_seed, eval_mode
-from smoothgeo.attributions import METHODS, attribute, map_of
+from smoothgeo.core.attacks import KINDS, attack, derive_seed, eval_mode
+from smoothgeo.core.attributions import METHODS, attribute, map_of
 
 SIZE, CLASSES = 12, 4
 FAST = {"SM": {}, "IG": {"steps": 4}, "SG": {"samples": 4, "noise_level": 0.1}, "UG": {"samples": 4, "radius": 0.1}}

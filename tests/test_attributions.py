@@ -3,11 +3,11 @@ import pytest
 import torch
 from torch import nn
 
-from smoothgeo.attributions import (
+from smoothgeo.core.attributions import (
     METHODS, attribute, attribution_map, integrated_gradients, make_generator, map_of, saliency, smoothgrad,
     uniform_gradient, uniform_sampler, gaussian_sampler,
 )
-from smoothgeo.models import FashionCNN, MLP, softplus_copy
+from smoothgeo.core.models import FashionCNN, MLP, softplus_copy
 
 torch.set_default_dtype(torch.float32)
 

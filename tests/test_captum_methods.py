@@ -6,10 +6,11 @@ import torch
 
 captum_attr = pytest.importorskip("captum.attr")
 
-from smoothgeo import attack_stage as st  # noqa: E402
-from smoothgeo import attributions, captum_methods as cm  # noqa: E402
-from smoothgeo.evaluation import compute_maps  # noqa: E402
-from smoothgeo.models import build_model  # noqa: E402
+from smoothgeo.pipeline import attack as st  # noqa: E402
+from smoothgeo.core import attributions
+from smoothgeo.core import captum_methods as cm  # noqa: E402
+from smoothgeo.core.evaluation import compute_maps  # noqa: E402
+from smoothgeo.core.models import build_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +104,8 @@ def test_attack_stage_accepts_captum_as_evaluated_only():
 
 
 def test_attack_stage_evaluates_a_captum_method(tmp_path, monkeypatch, model_and_data):
-    from smoothgeo import experiments
-    from smoothgeo.checkpoints import save_checkpoint
+    from smoothgeo.data import images as experiments
+    from smoothgeo.store.checkpoints import save_checkpoint
 
     model, x, target = model_and_data
     save_checkpoint(tmp_path / "natural-s0.pt", model, arch="fashion_cnn", num_classes=10,

@@ -3,8 +3,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from smoothgeo import claims
-from smoothgeo.stats import BootResult
+from smoothgeo.analysis import claims
+from smoothgeo.analysis.stats import BootResult
 
 
 def rng(seed=0):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from smoothgeo import data
+from smoothgeo.data import datasets as data
 
 
 pytestmark = pytest.mark.usefixtures("no_network")   # tests/conftest.py

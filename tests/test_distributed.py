@@ -12,10 +12,10 @@ import torch
 import yaml
 
 import smoothgeo
-from smoothgeo import attack_stage as st
-from smoothgeo import distributed
-from smoothgeo.checkpoints import save_checkpoint
-from smoothgeo.models import build_model
+from smoothgeo.pipeline import attack as st
+from smoothgeo.pipeline import distributed
+from smoothgeo.store.checkpoints import save_checkpoint
+from smoothgeo.core.models import build_model
 
 N = 7
 LIB = str(Path(smoothgeo.__file__).resolve().parents[1])
@@ -24,7 +24,8 @@ WORKER = textwrap.dedent('''
     """Runs the attack stage's CLI on synthetic images; FAIL_RANK_AFTER=r:k kills rank r after k partials."""
     import os, sys
     import torch
-    from smoothgeo import attack_stage, experiments
+    from smoothgeo.pipeline import attack as attack_stage
+    from smoothgeo.data import images as experiments
 
     ckpt = sys.argv[sys.argv.index("--checkpoints") + 1]
     model = attack_stage.load_model("natural-s0", checkpoints=ckpt)

@@ -149,11 +149,11 @@ plots:
 
 
 def test_metrics_and_plots_in_the_proposed_form_render(tmp_path):
-    """The files the pipeline should write (smoothgeo.report.save_metrics / save_plot_data) and the dvc.yaml
+    """The files the pipeline should write (smoothgeo.analysis.render.save_metrics / save_plot_data) and the dvc.yaml
     entries proposed for them: `dvc metrics show` and `dvc plots show --json` both return data."""
     import pandas as pd
 
-    from smoothgeo.report import save_metrics, save_plot_data
+    from smoothgeo.analysis.render import save_metrics, save_plot_data
 
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
     sh(DVC, "init", "-q", "--no-scm", cwd=tmp_path, env=env)

@@ -1,4 +1,4 @@
-"""Tests of the evaluation engine, noise floors and summaries (smoothgeo.evaluation): CPU, seconds."""
+"""Tests of the evaluation engine, noise floors and summaries (smoothgeo.core.evaluation): CPU, seconds."""
 import json
 
 import pandas as pd
@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-import smoothgeo.evaluation as ev
-from smoothgeo.evaluation import COLUMNS, METRIC_COLUMNS, evaluate, noise_floor, summarise
+import smoothgeo.core.evaluation as ev
+from smoothgeo.core.evaluation import COLUMNS, METRIC_COLUMNS, evaluate, noise_floor, summarise
 
 SIZE, CLASSES, N = 10, 3, 5
 OPTS = {"IG": {"steps": 4}, "SG": {"samples": 4}, "UG": {"samples": 4, "radius": 0.1}}
@@ -132,8 +132,8 @@ def test_ensemble_settings_reach_the_attack(setup, full):
 
 def test_kendall_blocks_give_identical_values():
     """compare_maps / attack use smaller Kendall blocks for speed; the value must not change by a bit."""
-    from smoothgeo.attacks import KENDALL_BLOCK
-    from smoothgeo.metrics import kendall_tau
+    from smoothgeo.core.attacks import KENDALL_BLOCK
+    from smoothgeo.core.metrics import kendall_tau
     g = torch.Generator().manual_seed(0)
     a, b = torch.rand(7, 28, 28, generator=g), torch.rand(7, 28, 28, generator=g)
     ties = (b * 4).round()  # many ties
@@ -154,7 +154,7 @@ def test_random_floor_draws_do_not_depend_on_the_method(setup, monkeypatch):
         evaluate(model, x, y, **{**SETTINGS, "attacked_methods": method, "evaluated_methods": [method],
                                  "epsilons": [0.1], "steps": steps}, random_steps=4)
     assert calls == [("SM", "topk", 3), ("SM", "random", 4), ("IG", "topk", 2), ("IG", "random", 4)]
-    from smoothgeo.attacks import attack
+    from smoothgeo.core.attacks import attack
     sm = attack(model, x, y, method="SM", kind="random", steps=4, k=10, restarts=2)
     ig = attack(model, x, y, method="IG", kind="random", steps=4, k=10, restarts=2, method_options=OPTS["IG"])
     a = sm.attacked

@@ -22,11 +22,11 @@ import pytest
 import torch
 import yaml
 
-from smoothgeo import checkpoints as ckpt
-from smoothgeo.attacks import check_images
-from smoothgeo.attributions import integrated_gradients, saliency
-from smoothgeo.io import TEMP_SUFFIX, atomic_path, load_params, remove_stale_temps
-from smoothgeo.models import build_model
+from smoothgeo.store import checkpoints as ckpt
+from smoothgeo.core.attacks import check_images
+from smoothgeo.core.attributions import integrated_gradients, saliency
+from smoothgeo.store.atomic import TEMP_SUFFIX, atomic_path, load_params, remove_stale_temps
+from smoothgeo.core.models import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -103,7 +103,7 @@ def tiny_project(tmp_path_factory):
 
 
 def _train_cmd(project: Path, folder: Path, *extra) -> list[str]:
-    return [sys.executable, "-m", "smoothgeo.train", "--params", str(project / "params.yaml"), "--name", "natural",
+    return [sys.executable, "-m", "smoothgeo.pipeline.train", "--params", str(project / "params.yaml"), "--name", "natural",
             "--checkpoints", str(folder), "--record", str(folder / "natural.json"), "--quiet", *extra]
 
 
@@ -158,7 +158,7 @@ def test_sigkill_during_training_then_resume_is_bit_identical(tiny_project, refe
 
 def test_partial_from_more_epochs_restarts_not_continues(tiny_project, reference, monkeypatch, capsys):
     """Killed in epoch 2 of 3, resumed with epochs 1: used to write a 2-epoch model labelled 1 epoch."""
-    from smoothgeo.train import cli
+    from smoothgeo.pipeline.train import cli
 
     folder = tiny_project / "fewer"
     real_save = ckpt.save_partial
@@ -239,8 +239,8 @@ def test_sigkill_during_checkpoint_write_keeps_old_file_and_next_write_cleans_up
     before = path.read_bytes()
     script = textwrap.dedent(f"""
         import os, signal, torch
-        from smoothgeo import checkpoints as ckpt
-        from smoothgeo.io import atomic_path
+        from smoothgeo.store import checkpoints as ckpt
+        from smoothgeo.store.atomic import atomic_path
         real = ckpt.atomic_write_bytes
         def die_half_way(path, data):
             with atomic_path(path) as tmp:
@@ -250,7 +250,7 @@ def test_sigkill_during_checkpoint_write_keeps_old_file_and_next_write_cleans_up
                 os.kill(os.getpid(), signal.SIGKILL)
         ckpt.atomic_write_bytes = die_half_way
         torch.manual_seed(1)
-        from smoothgeo.models import build_model
+        from smoothgeo.core.models import build_model
         ckpt.save_checkpoint({str(path)!r}, build_model("mlp", num_classes=3, in_features=64), arch="mlp",
                              num_classes=3, model_kwargs={{"in_features": 64}})
     """)
@@ -286,8 +286,8 @@ def test_atomic_files_get_ordinary_permissions(tmp_path):
 # ----------------------------------------------------------------------------------- evaluation interrupted
 EVAL_SCRIPT = """
 import sys, torch
-from smoothgeo.evaluation import evaluate
-from smoothgeo.models import build_model
+from smoothgeo.core.evaluation import evaluate
+from smoothgeo.core.models import build_model
 torch.manual_seed(0)
 model = build_model("mlp", num_classes=3, in_features=3 * 8 * 8).eval()
 g = torch.Generator().manual_seed(1)
@@ -362,9 +362,9 @@ def test_dtype_mismatches_get_clear_errors():
 
 
 def test_all_zero_image_gives_counted_nan_metrics():
-    from smoothgeo.attributions import map_of
-    from smoothgeo.evaluation import compare_maps
-    from smoothgeo.metrics import DegenerateMapWarning
+    from smoothgeo.core.attributions import map_of
+    from smoothgeo.core.evaluation import compare_maps
+    from smoothgeo.core.metrics import DegenerateMapWarning
 
     model = _mlp()
     x = torch.rand(2, 2, 4, 4)
@@ -384,7 +384,7 @@ def test_all_zero_image_gives_counted_nan_metrics():
     (None, ["--lr-typo"], None),
 ])
 def test_configuration_errors_are_one_line(tiny_project, tmp_path, capsys, content, args, match):
-    from smoothgeo.train import cli
+    from smoothgeo.pipeline.train import cli
 
     params = tiny_project / "params.yaml"
     if content is not None:

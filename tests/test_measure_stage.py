@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from smoothgeo import geometry, stats
+from smoothgeo.core import geometry
+from smoothgeo.analysis import stats
 
 
 def tiny_net(seed=0, classes=5):
@@ -135,9 +136,10 @@ import json  # noqa: E402
 
 import yaml  # noqa: E402
 
-from smoothgeo import experiments, measure_stage  # noqa: E402
-from smoothgeo.checkpoints import save_checkpoint  # noqa: E402
-from smoothgeo.models import build_model  # noqa: E402
+from smoothgeo.data import images as experiments
+from smoothgeo.pipeline import measure as measure_stage  # noqa: E402
+from smoothgeo.store.checkpoints import save_checkpoint  # noqa: E402
+from smoothgeo.core.models import build_model  # noqa: E402
 
 SMALL = {"n_images": 4, "batch_size": 3, "lipschitz": {"epsilon": 0.05, "samples": 2, "steps": 1, "seed": 7},
          "bound_setting": "SM-topk-0.1"}

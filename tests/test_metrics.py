@@ -4,7 +4,7 @@ import pytest
 import scipy.stats as st
 import torch
 
-from smoothgeo.metrics import (
+from smoothgeo.core.metrics import (
     cosine_distance, kendall_tau, mass_center, mass_center_dislocation, rank_average, spearman_rho,
     topk_intersection,
 )
@@ -99,7 +99,7 @@ def test_metrics_run_on_gpu():
 
 def test_constant_and_zero_maps_give_counted_nan_not_numbers():
     """Two identical all-zero maps used to score top-k 0.12, dislocation 18.97 px, cosine distance 1.0."""
-    from smoothgeo.metrics import DegenerateMapWarning, degenerate_pairs
+    from smoothgeo.core.metrics import DegenerateMapWarning, degenerate_pairs
 
     a, b = random_maps(n=4, h=6, w=6)
     a[1] = 0.0

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from smoothgeo.models import FashionCNN, MLP, ResNet20, build_model, resnet50_imagenet, softplus_copy
+from smoothgeo.core.models import FashionCNN, MLP, ResNet20, build_model, resnet50_imagenet, softplus_copy
 
 
 def test_fashion_cnn_shapes_and_layers():

@@ -1,7 +1,7 @@
 """Notebooks as their users meet them: parameters cells that match params.yaml, figures inline, compact progress
 output, no machine paths in committed outputs, DVC metrics and plots.
 
-Two parts: unit tests of ``smoothgeo.notebook`` on a tiny notebook made in tmp_path (always run; they start a
+Two parts: unit tests of ``smoothgeo.pipeline.notebook`` on a tiny notebook made in tmp_path (always run; they start a
 Jupyter kernel, a few seconds each), and checks of the smoke workspace ``runs/smoke/`` that
 ``bash scripts/repro.sh smoke`` leaves (skipped when it does not exist, e.g. before CI's smoke run).
 """
@@ -19,9 +19,9 @@ import pytest
 nbformat = pytest.importorskip("nbformat")
 pytest.importorskip("papermill")
 
-from smoothgeo import notebook as snb  # noqa: E402
-from smoothgeo import progress  # noqa: E402
-from smoothgeo.report import display_path, find_machine_paths, scrub_paths  # noqa: E402
+from smoothgeo.pipeline import notebook as snb  # noqa: E402
+from smoothgeo.store import progress  # noqa: E402
+from smoothgeo.analysis.render import display_path, find_machine_paths, scrub_paths  # noqa: E402
 
 # names of files that live outside the repository (spelt in pieces so this file does not match itself)
 OUTSIDE = tuple(a + b for a, b in ((".." + "/", "shared"), ("PAPER", ".md"), ("STYLE", ".md")))
@@ -41,7 +41,7 @@ other: {models: [a, b], size: 7}
 BODY = """\
 import os, warnings
 import matplotlib.pyplot as plt
-from smoothgeo.progress import tqdm
+from smoothgeo.store.progress import tqdm
 for _ in tqdm(range(3), desc="outer units"):
     for _ in tqdm(range(50), desc="inner", leave=False):
         pass
@@ -97,9 +97,9 @@ def test_check_reports_a_readable_diff_when_params_change(project):
     problems = snb.check([nb_path], params=params)
     diff = problems[nb_path]
     assert '-demo = {"n": 4' in diff and '+demo = {"n": 5' in diff
-    result = subprocess.run([sys.executable, "-m", "smoothgeo.notebook", "check", str(nb_path), "--params",
+    result = subprocess.run([sys.executable, "-m", "smoothgeo.pipeline.notebook", "check", str(nb_path), "--params",
                              str(params)], capture_output=True, text=True, cwd=project)
-    assert result.returncode == 1 and "smoothgeo.notebook sync" in result.stdout
+    assert result.returncode == 1 and "smoothgeo.pipeline.notebook sync" in result.stdout
 
 
 def test_check_names_missing_declaration_and_unknown_section(project):
@@ -287,7 +287,7 @@ def test_committed_parameters_cells_match_params_yaml():
     declared = [p for p in notebooks if snb.SECTIONS.search(snb.parameters_cell(nbformat.read(str(p), 4)).source)]
     if not declared:
         pytest.skip("no notebook declares its sections yet (add a '# sections:' line, then "
-                    "`python -m smoothgeo.notebook sync`)")
+                    "`python -m smoothgeo.pipeline.notebook sync`)")
     problems = snb.check(notebooks, params=REPO / "params.yaml")
     assert not problems, "\n".join(problems.values())
 

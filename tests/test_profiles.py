@@ -8,8 +8,12 @@ import pytest
 import torch
 import yaml
 
-from smoothgeo import data, data_stage, measure_stage, profiles, standins
-from smoothgeo.geometry import hessian_max_eig, logit_geometry
+from smoothgeo.data import datasets as data
+from smoothgeo.pipeline import data as data_stage
+from smoothgeo.pipeline import measure as measure_stage
+from smoothgeo.pipeline import profiles
+from smoothgeo.data import standins
+from smoothgeo.core.geometry import hessian_max_eig, logit_geometry
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ["cifar10", "flowers", "imagenet"]

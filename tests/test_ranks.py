@@ -6,8 +6,8 @@ import pytest
 import scipy.stats as st
 import torch
 
-from smoothgeo.metrics import kendall_tau
-from smoothgeo.ranks import discordant_pairs, kendall_tau_b, tied_pairs
+from smoothgeo.core.metrics import kendall_tau
+from smoothgeo.core.ranks import discordant_pairs, kendall_tau_b, tied_pairs
 
 
 def _maps(shape, levels=None, seed=0, dtype=torch.float32):

@@ -9,11 +9,11 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from smoothgeo import experiments as ex  # noqa: E402
-from smoothgeo.checkpoints import save_checkpoint  # noqa: E402
-from smoothgeo.models import MLP  # noqa: E402
-from smoothgeo.report import repo_root, save_figure, save_table  # noqa: E402
-from smoothgeo.summary import update_readme  # noqa: E402
+from smoothgeo.data import images as ex  # noqa: E402
+from smoothgeo.store.checkpoints import save_checkpoint  # noqa: E402
+from smoothgeo.core.models import MLP  # noqa: E402
+from smoothgeo.analysis.render import repo_root, save_figure, save_table  # noqa: E402
+from smoothgeo.pipeline.summary import update_readme  # noqa: E402
 
 
 def test_save_table_writes_three_formats(tmp_path):

@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from smoothgeo import stats
+from smoothgeo.analysis import stats
 
 
 def rng(seed=0):

@@ -7,12 +7,12 @@ import yaml
 from torch.utils.data import DataLoader, TensorDataset
 
 import smoothgeo
-from smoothgeo import checkpoints as ckpt
-from smoothgeo.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
-from smoothgeo.geometry import hessian_max_eig
-from smoothgeo.models import MLP
-from smoothgeo.train import RECORD_KEYS, main, resolve_config
-from smoothgeo.training import (OPTIONS, RECIPES, RITZ_VECTORS, TOP_CLASSES, check_options, fit, ig_of_loss, pgd_linf, ssr_loss,
+from smoothgeo.store import checkpoints as ckpt
+from smoothgeo.store.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from smoothgeo.core.geometry import hessian_max_eig
+from smoothgeo.core.models import MLP
+from smoothgeo.pipeline.train import RECORD_KEYS, main, resolve_config
+from smoothgeo.training.recipes import (OPTIONS, RECIPES, RITZ_VECTORS, TOP_CLASSES, check_options, fit, ig_of_loss, pgd_linf, ssr_loss,
                                 weight_decay_loss)
 
 
@@ -214,13 +214,13 @@ PARAMS = {
 @pytest.fixture
 def cli(tmp_path, monkeypatch):
     """A tiny params file and a stand-in data set; returns a function running the CLI on a run name."""
-    from smoothgeo.data import InMemoryImages
+    from smoothgeo.data.datasets import InMemoryImages
 
     x, y = _toy(64)
     xt, yt = _toy(32, seed=1)
     # the train set is in memory (batched indexing), the test set a generic Dataset: both loader paths
     sets = {"train": InMemoryImages((x * 255).round().to(torch.uint8), y), "test": TensorDataset(xt, yt)}
-    monkeypatch.setattr("smoothgeo.data.load_dataset", lambda name, split, root="data/raw", **kw: sets[split])
+    monkeypatch.setattr("smoothgeo.data.datasets.load_dataset", lambda name, split, root="data/raw", **kw: sets[split])
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(PARAMS))
 
@@ -310,18 +310,18 @@ def test_cli_errors_are_clear(cli):
 
 def test_cli_epochs_zero_saves_the_initial_model_without_training(cli):
     """epochs 0 is how a pretrained model (ImageNet ResNet-50) becomes a checkpoint: no train split needed."""
-    import smoothgeo.data
+    import smoothgeo.data.datasets
 
     params = json.loads(json.dumps(PARAMS))
     params["train"]["scratch"]["init_only"] = {"recipe": "natural", "epochs": 0}
     path = cli.tmp / "zero.yaml"
     path.write_text(yaml.safe_dump(params))
-    loader = smoothgeo.data.load_dataset
+    loader = smoothgeo.data.datasets.load_dataset
     record = cli("init_only", params_path=path)
     assert record["history"] == [] and record["train_size"] == 0 and record["epochs"] == 0
     torch.manual_seed(PARAMS.get("seed", 0))
     model, meta = load_checkpoint(cli.tmp / "checkpoints" / "init_only.pt")
-    assert meta["epochs"] == 0 and loader is smoothgeo.data.load_dataset
+    assert meta["epochs"] == 0 and loader is smoothgeo.data.datasets.load_dataset
 
 
 # ------------------------------------------------------------------------- check_options ranges (issue 10)
@@ -335,7 +335,7 @@ def test_cli_epochs_zero_saves_the_initial_model_without_training(cli):
     ("ssr", {"alpha": float("nan")}, r"alpha=nan is out of range"),
 ])
 def test_check_options_rejects_implausible_values(recipe, options, match):
-    from smoothgeo.training import check_options
+    from smoothgeo.training.recipes import check_options
 
     with pytest.raises(ValueError, match=match):
         check_options(recipe, options)
@@ -344,7 +344,7 @@ def test_check_options_rejects_implausible_values(recipe, options, match):
 def test_check_options_accepts_every_profile_value():
     from pathlib import Path
 
-    from smoothgeo.train import resolve_config
+    from smoothgeo.pipeline.train import resolve_config
 
     root = Path(__file__).resolve().parents[1]
     for path in [root / "params.yaml", *sorted((root / "profiles").glob("*.yaml"))]:
@@ -355,7 +355,7 @@ def test_check_options_accepts_every_profile_value():
 
 
 def test_lr_out_of_range_is_rejected_with_the_range(cli):
-    from smoothgeo.train import resolve_config
+    from smoothgeo.pipeline.train import resolve_config
 
     bad = json.loads(json.dumps(PARAMS))
     bad["train"]["defaults"]["lr"] = 5.0

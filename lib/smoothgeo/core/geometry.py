@@ -1,0 +1,724 @@
+"""Geometry of a trained network: curvature of the loss and smoothness of the gradient in the input.
+
+* :func:`hessian_max_eig`: the largest eigenvalue lambda_max of the input Hessian of the cross-entropy loss,
+  per image. For a piecewise-linear network (ReLU, max-pool, linear, conv, eval-mode BatchNorm) the Hessian is
+  ``H = J^T (diag(p) - p p^T) J`` almost everywhere, with ``J`` the C x d Jacobian of the logits and
+  ``p = softmax(logits)``; its non-zero spectrum is that of the C x C matrix ``L^T J J^T L`` with
+  ``L L^T = diag(p) - p p^T`` (Wang et al. 2020, arXiv 2006.06643), so lambda_max is exact and cheap.
+  Smooth networks (Softplus, Tanh, GELU, ...) use power iteration on Hessian-vector products.
+* :func:`ce_hessian_factor` / :func:`ce_hessian_lambda_max`: the C x C routine itself; the SSR recipe's
+  :func:`lambda_max_penalty` builds on the same function (its value is this lambda_max, its weight gradient the
+  eigenvalue derivative, computed with a single ``create_graph`` backward pass). Two cheaper routes for
+  training need fewer than C Jacobian rows and never overestimate: ``top_classes`` (merge all but the m most
+  probable classes into one; error bounded by the dropped within-group gradient spread) and ``ritz_vectors``
+  (Rayleigh-Ritz on a subspace picked from the last linear layer); their errors on trained models are
+  measured by ``benchmarks/ssr_error.py``.
+* :func:`gradient_lipschitz`: the empirical ratio ``||grad f_c(x) - grad f_c(x')|| / ||x - x'||`` over random
+  or adversarial neighbours ``x'`` in the L-inf ball (the quantity that bounds how far a gradient attribution
+  can move).
+
+All measurements run the model in eval mode (its previous mode is restored) on the device of ``x``.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from smoothgeo.core.attributions import resolve_target, saliency
+from smoothgeo.core.models import Normalize, softplus_copy
+
+__all__ = [
+    "hessian_max_eig", "ce_hessian_lambda_max", "ce_hessian_factor", "lambda_max_penalty", "logit_jacobian",
+    "merged_class_factor",
+    "exact_hessian_max_eig",
+    "power_hessian_max_eig", "gradient_lipschitz", "is_piecewise_linear", "evaluating", "PIECEWISE_LINEAR",
+]
+
+#: leaf modules that keep a network piecewise linear in its input (BatchNorm only in eval mode)
+PIECEWISE_LINEAR: tuple[type, ...] = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.Hardtanh, nn.Linear, nn.Identity,
+    nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
+    nn.Sequential, nn.Flatten, nn.Unflatten,  # an empty Sequential is the identity
+    nn.Dropout, nn.Dropout2d, nn.ZeroPad2d, nn.ConstantPad2d, Normalize,
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d,
+)
+_BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+@contextmanager
+def evaluating(model: nn.Module):
+    """Put ``model`` in eval mode for the block and restore its previous mode afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def is_piecewise_linear(model: nn.Module) -> bool:
+    """True when every leaf module is one of :data:`PIECEWISE_LINEAR` (and BatchNorm is in eval mode).
+
+    Functional calls inside a custom ``forward`` (``F.gelu`` ...) cannot be seen; the repository's models use
+    activation *modules* only.
+    """
+    for m in model.modules():
+        if next(m.children(), None) is not None:
+            continue  # a container; its children are checked
+        if not isinstance(m, PIECEWISE_LINEAR) or (isinstance(m, _BATCHNORM) and m.training):
+            return False
+    return True
+
+
+def logit_jacobian(model: nn.Module, x: Tensor, *, create_graph: bool = False) -> tuple[Tensor, Tensor]:
+    """Logits and the per-image Jacobian of the logits w.r.t. the input.
+
+    One backward pass per class c through ``sum_n f_c(x_n)`` gives row c of every image's Jacobian at once
+    (images are independent when the model is; train-mode BatchNorm couples them). This was faster on the CPU
+    than ``is_grads_batched`` or ``torch.func.vmap(jacrev)`` (see benchmarks/training_cost.py --jacobian).
+
+    Args:
+        x: (N, ...) inputs.
+        create_graph: keep the graph so the Jacobian can be differentiated (the SSR recipe does not need this:
+            see :func:`lambda_max_penalty`).
+    Returns:
+        logits (N, C) and the Jacobian (N, C, *x.shape[1:]).
+    """
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = model(x)
+        n_classes = logits.shape[1]
+        rows = [torch.autograd.grad(logits[:, c].sum(), x, create_graph=create_graph,
+                                    retain_graph=create_graph or c < n_classes - 1)[0]
+                for c in range(n_classes)]
+    return logits, torch.stack(rows, 1)
+
+
+def ce_hessian_factor(logits: Tensor, jacobian: Tensor | None = None, *, average_channels: bool = False
+                      ) -> tuple[Tensor, Tensor | None]:
+    """``L`` with ``L L^T = diag(p) - p p^T`` and, given the Jacobian, the C x C matrix ``L^T J J^T L``.
+
+    ``p = softmax(logits)`` is computed here from the *logits* (the probabilities, not the logits, enter the
+    Hessian of the cross-entropy). ``L = diag(sqrt p) (I - u u^T)`` with ``u = sqrt p`` (a unit vector, so
+    ``I - u u^T`` is a symmetric projection and ``L L^T = diag(p) - p p^T``): a closed form that, unlike ``eigh``
+    of ``diag(p) - p p^T``, stays finite for near one-hot ``p``. The non-zero eigenvalues of
+    ``H = J^T L L^T J = (L^T J)^T (L^T J)`` are those of ``L^T (J J^T) L``. Both in float64.
+
+    Args:
+        logits: (N, C).
+        jacobian: (N, C, *input_shape) from :func:`logit_jacobian`, or None for ``L`` only.
+        average_channels: average J over the colour-channel axis (dim 2) before forming ``J J^T``, as the
+            paper's reference code did. False (default) gives the exact Hessian.
+    Returns:
+        ``L`` (N, C, C) and the symmetric ``L^T J J^T L`` (N, C, C) (None without a Jacobian).
+    """
+    u = (0.5 * logits.double().log_softmax(1)).exp()                    # sqrt(p) (N, C), finite gradient at p = 0
+    eye = torch.eye(u.shape[1], dtype=u.dtype, device=u.device)
+    lower = u.unsqueeze(2) * (eye - u.unsqueeze(2) * u.unsqueeze(1))  # L = diag(u)(I - u u^T)
+    if jacobian is None:
+        return lower, None
+    if logits.dim() != 2 or jacobian.shape[:2] != logits.shape:
+        raise ValueError(f"logits (N, C) and Jacobian (N, C, ...) do not match: {tuple(logits.shape)} vs "
+                         f"{tuple(jacobian.shape)}")
+    if average_channels:
+        if jacobian.dim() < 4:
+            raise ValueError("average_channels needs image Jacobians (N, C, channels, H, W), got shape "
+                             f"{tuple(jacobian.shape)}")
+        jacobian = jacobian.mean(2)
+    jac = jacobian.flatten(2).double()
+    small = lower.transpose(1, 2) @ (jac @ jac.transpose(1, 2)) @ lower  # L^T J J^T L
+    return lower, 0.5 * (small + small.transpose(1, 2))                 # exact symmetry for eigh
+
+
+def ce_hessian_lambda_max(logits: Tensor, jacobian: Tensor, *, average_channels: bool = False) -> Tensor:
+    """lambda_max of ``H = J^T (diag(p) - p p^T) J`` per image, by the exact C x C route.
+
+    The largest eigenvalue of ``L^T J J^T L`` (:func:`ce_hessian_factor`) by ``eigvalsh`` in float64;
+    differentiable w.r.t. logits and Jacobian.
+
+    Args:
+        logits: (N, C); ``p = softmax(logits)`` is taken here.
+        jacobian: (N, C, *input_shape) from :func:`logit_jacobian`.
+        average_channels: see :func:`ce_hessian_factor` (default False: the exact Hessian).
+    Returns:
+        (N,) lambda_max (>= 0), in the dtype of ``logits``.
+    """
+    _, small = ce_hessian_factor(logits, jacobian, average_channels=average_channels)
+    return torch.linalg.eigvalsh(small)[:, -1].clamp_min(0).to(logits.dtype)
+
+
+def exact_hessian_max_eig(model: nn.Module, x: Tensor, *, average_channels: bool = False) -> Tensor:
+    """lambda_max of the input Hessian of CE for a piecewise-linear ``model`` (exact C x C route), (N,), detached.
+
+    Runs the model in its current mode. The label does not enter: for a piecewise-linear network the Hessian
+    of CE does not depend on it.
+    """
+    logits, jac = logit_jacobian(model, x)
+    return ce_hessian_lambda_max(logits, jac, average_channels=average_channels).detach()
+
+
+def _top_classes(top_classes: int | None, n_classes: int) -> int:
+    """The number of explicitly kept classes; ``n_classes`` (the exact route) for None, 0 or >= C."""
+    if top_classes is None or top_classes == 0:
+        return n_classes
+    if int(top_classes) != top_classes or top_classes < 0:
+        raise ValueError(f"top_classes must be an integer >= 0 (0 = every class), got {top_classes!r}")
+    return n_classes if top_classes >= n_classes else int(top_classes)
+
+
+def merged_class_factor(logits: Tensor, order: Tensor) -> tuple[Tensor, Tensor]:
+    """Factor ``L_S`` and class weights ``E`` of the merged-class Hessian of ``top_classes`` (float64).
+
+    ``order`` (N, m) holds each image's kept classes ``S``; the other classes form one merged class with mass
+    ``q = sum_{c not in S} p_c`` and gradient ``r = J^T s``, ``s`` = the softmax over the rest only (so
+    ``p_c = q s_c`` there). The columns of ``E`` (N, C, m) are ``e_k - s`` for ``k`` in ``S``: ``J^T E`` are the
+    differences ``D_k = g_k - r``. With ``pi = (p_S, q)`` and ``L = diag(sqrt pi)(I - sqrt pi sqrt pi^T)``
+    (``L L^T = diag(pi) - pi pi^T``, see :func:`ce_hessian_factor`), ``L_S`` = the first m rows of ``L``
+    (N, m, m + 1), and the merged Hessian is ``H_m = (J^T E L_S)(J^T E L_S)^T``: the covariance under ``pi`` of
+    the m + 1 gradients ``(D_1, ..., D_m, 0)``, i.e. of ``(g_1, ..., g_m, r)`` shifted by ``-r``. Differentiable
+    w.r.t. the logits; stable for near one-hot ``p`` (``q`` may underflow to 0).
+    """
+    lg = logits.double()
+    kept = torch.zeros_like(lg, dtype=torch.bool).scatter(1, order, True)
+    s = lg.masked_fill(kept, float("-inf")).softmax(1)                   # rest-conditional distribution
+    lp = lg.log_softmax(1)                                               # sqrt(pi) via logs: finite gradients
+    log_pi = torch.cat([lp.gather(1, order), lp.masked_fill(kept, float("-inf")).logsumexp(1, keepdim=True)], 1)
+    u = (0.5 * log_pi).exp()                                              # sqrt(pi), pi = (p_S, q): (N, m + 1)
+    eye = torch.eye(u.shape[1], dtype=u.dtype, device=u.device)
+    lower = u.unsqueeze(2) * (eye - u.unsqueeze(2) * u.unsqueeze(1))
+    onehot = torch.zeros_like(lg).unsqueeze(2).repeat(1, 1, order.shape[1]).scatter(1, order.unsqueeze(1), 1.0)
+    return lower[:, :-1, :], onehot - s.unsqueeze(2)
+
+
+def _last_linear(model: nn.Module) -> nn.Linear | None:
+    """The model's last ``nn.Linear`` module in registration order, or None."""
+    last = None
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            last = m
+    return last
+
+
+def lambda_max_penalty(model: nn.Module, x: Tensor, *, average_channels: bool = False,
+                       top_classes: int | None = None, ritz_vectors: int | None = None) -> tuple[Tensor, Tensor]:
+    """Logits and lambda_max of the input Hessian of CE per image, differentiable w.r.t. the weights (SSR).
+
+    Exact route (``top_classes`` None, 0 or >= C): the value is the exact C x C lambda_max. Its gradient
+    uses the eigenvalue derivative ``d lambda = v^T dM v`` (``v`` the top eigenvector of ``M = L^T J J^T L``):
+    with ``v`` held fixed, ``lambda = ||J^T (L v)||^2``, and ``J^T w`` is a single vector-Jacobian product. So
+    the Jacobian itself is computed *without* a graph (C cheap backward passes) and only one backward pass
+    carries ``create_graph``; this gives the same value and weight gradient as differentiating ``eigvalsh``
+    through a ``create_graph`` Jacobian (tested) at about half the cost. (At a repeated top eigenvalue both
+    pick one eigenvector.)
+
+    Merged-class route (``top_classes = m``, 1 <= m < C): write the Hessian as the covariance of the
+    logit gradients under ``p``, ``H = sum_c p_c (g_c - gbar)(g_c - gbar)^T`` (``g_c = grad f_c``,
+    ``gbar = sum_c p_c g_c``: the same ``H = J^T (diag p - p p^T) J`` as Wang et al. 2020, arXiv 2006.06643).
+    Keep each image's m most probable classes ``S`` and merge the others into one class with mass ``q`` and
+    gradient ``r = sum_{c not in S} p_c g_c / q``. By the law of total variance
+    ``H = H_m + sum_{c not in S} p_c (g_c - r)(g_c - r)^T`` with ``H_m`` the covariance of the merged classes,
+    so the returned ``lambda_m = lambda_max(H_m)`` satisfies
+
+        ``0 <= lambda_max(H) - lambda_m <= sum_{c not in S} p_c ||g_c - r||^2 <= q max_{c, c' not in S}
+        ||g_c - g_c'||^2``
+
+    (Weyl's inequality; the middle term is the trace of the dropped within-rest covariance). It is never an
+    overestimate, is exact when at most one class is left out (``m = C - 1``, tested against the exact route), and
+    only the *within*-rest spread is dropped: the merged class keeps the rest's mean gradient, unlike the
+    naive restriction to the top-m classes (measured on SSR models: up to 56-62 % error). Cost: m graph-free
+    backward passes (the differences ``J^T (e_k - s)`` of :func:`merged_class_factor`; none for m = 1, where
+    ``H_1`` has rank one) instead of C, an (m + 1) x (m + 1) eigenproblem, and the same single ``create_graph``
+    pass; the weight gradient is the exact gradient of ``lambda_m`` (same eigenvector argument). Measured
+    relative errors on trained models: ``benchmarks/ssr_error.py``.
+
+    Ritz route (``ritz_vectors = k``, 1 <= k < C): the Rayleigh-Ritz value of ``M = L^T J J^T L`` on a
+    k-dimensional subspace that costs no backward pass to choose: the top-k eigenvectors ``V`` of the proxy
+    ``L^T W D W^T L``, with ``W`` the weight of the last registered ``nn.Linear`` and ``D`` the 0/1 pattern of
+    its input (the logits' Jacobian w.r.t. that input, masked by the preceding ReLU; ``I`` in place of
+    ``W D W^T`` when that layer does not output the C logits). The proxy only picks the subspace: a poor proxy
+    costs accuracy, never the lower-bound property. Then k graph-free passes ``J^T L V``, a k x k eigenproblem, and the same single
+    ``create_graph`` pass with the Ritz vector held fixed. The value is a Ritz value, so
+    ``0 <= lambda_max - lambda_k`` (Cauchy interlacing); it is exact when the proxy's top-k space holds the true
+    top eigenvector (always at k >= C - 1, since ``M u = 0`` for ``u = sqrt p``); there is no a priori bound on
+    the shortfall: it is measured (``benchmarks/ssr_error.py``). The weight gradient is that of ``||J^T L V y||^2``
+    with ``V y`` fixed, which tends to the exact eigenvalue gradient as the Ritz vector tends to ``v``.
+
+    Args:
+        x: (N, ...) inputs; the model runs in its current mode (train mode while training).
+        average_channels: see :func:`ce_hessian_factor`.
+        top_classes: None or 0 (default): exact; m: the merged-class route with m kept classes per image.
+        ritz_vectors: None or 0 (default): not used; k: the Ritz route with k vectors (only one of
+            ``top_classes`` and ``ritz_vectors`` may be set).
+    Returns:
+        logits (N, C) and lambda_max (N,), both attached to the graph of the weights.
+    """
+    if top_classes and ritz_vectors:
+        raise ValueError(f"set top_classes ({top_classes}) or ritz_vectors ({ritz_vectors}), not both")
+    x = x.detach().requires_grad_(True)
+    captured: list[Tensor] = []
+    hook = None
+    last = _last_linear(model) if ritz_vectors else None
+    if last is not None:
+        hook = last.register_forward_hook(lambda mod, inp, out: captured.append(inp[0].detach()))
+    with torch.enable_grad():
+        try:
+            logits = model(x)
+        finally:
+            if hook is not None:
+                hook.remove()
+        n_classes = logits.shape[1]
+        m = _top_classes(top_classes, n_classes)
+        k = n_classes if not ritz_vectors else _top_classes(ritz_vectors, n_classes)
+        if ritz_vectors and k < n_classes:
+            with torch.no_grad():
+                lower, _ = ce_hessian_factor(logits)
+                if captured and last.out_features == n_classes:
+                    y = (captured[-1].flatten(1) != 0).to(last.weight.dtype).unsqueeze(1) * last.weight
+                    proxy = (y @ y.transpose(1, 2)).double()                  # W D W^T, (N, C, C)
+                    proxy = lower.transpose(1, 2) @ proxy @ lower
+                else:
+                    proxy = lower.transpose(1, 2) @ lower
+                basis = torch.linalg.eigh(0.5 * (proxy + proxy.transpose(1, 2)))[1][..., -k:]  # (N, C, k)
+                lv = (lower @ basis).to(logits.dtype)
+                rows = [torch.autograd.grad(logits, x, grad_outputs=lv[:, :, i], retain_graph=True)[0]
+                        for i in range(k)]
+                r = torch.stack(rows, 1)
+                if average_channels:
+                    if r.dim() < 4:
+                        raise ValueError("average_channels needs image inputs (N, channels, H, W), got shape "
+                                         f"{tuple(x.shape)}")
+                    r = r.mean(2)
+                r = r.flatten(2).double()
+                small = r @ r.transpose(1, 2)                                  # V^T M V, (N, k, k)
+                top = basis @ torch.linalg.eigh(small)[1][..., -1:]            # Ritz vector (N, C, 1)
+            lower, _ = ce_hessian_factor(logits)                              # L, attached through p
+            w = (lower @ top).squeeze(2).to(logits.dtype)
+        elif m == n_classes:
+            rows = [torch.autograd.grad(logits[:, c].sum(), x, retain_graph=True)[0] for c in range(n_classes)]
+            with torch.no_grad():
+                _, small = ce_hessian_factor(logits.detach(), torch.stack(rows, 1),
+                                             average_channels=average_channels)
+                top = torch.linalg.eigh(small)[1][..., -1:]                    # (N, C, 1) top eigenvector
+            lower, _ = ce_hessian_factor(logits)                              # L, attached through p
+            w = (lower @ top).squeeze(2).to(logits.dtype)                     # (N, C)
+        else:
+            if average_channels and x.dim() < 4:
+                raise ValueError("average_channels needs image inputs (N, channels, H, W), got shape "
+                                 f"{tuple(x.shape)}")
+            with torch.no_grad():
+                order = logits.argsort(1, descending=True)[:, :m]             # (N, m) kept classes
+                lower, e = merged_class_factor(logits, order)
+                if m == 1:  # H_1 has rank one: the eigenvector needs no Jacobian row
+                    small = lower.transpose(1, 2) @ lower
+                else:
+                    rows = [torch.autograd.grad(logits, x, grad_outputs=e[:, :, k].to(logits.dtype),
+                                                retain_graph=True)[0] for k in range(m)]
+                    d = torch.stack(rows, 1)                                  # D_k = g_k - r
+                    if average_channels:
+                        d = d.mean(2)
+                    d = d.flatten(2).double()
+                    small = lower.transpose(1, 2) @ (d @ d.transpose(1, 2)) @ lower  # (N, m+1, m+1)
+                top = torch.linalg.eigh(0.5 * (small + small.transpose(1, 2)))[1][..., -1:]
+            lower, e = merged_class_factor(logits, order)                     # attached through p
+            w = (e @ (lower @ top)).squeeze(2).to(logits.dtype)               # (N, C)
+        (g,) = torch.autograd.grad(logits, x, grad_outputs=w, create_graph=True)  # J^T w per image
+    if average_channels:
+        g = g.mean(1)
+    return logits, g.flatten(1).pow(2).sum(1)
+
+
+def _power_iteration(hvp, v: Tensor, shift: Tensor, iters: int, tol: float) -> tuple[Tensor, Tensor]:
+    """Dominant eigenpair of ``H - shift I`` per image; returns (Rayleigh quotient, vector)."""
+    view = (-1,) + (1,) * (v.dim() - 1)
+    lam = torch.zeros(v.shape[0], dtype=v.dtype, device=v.device)
+    for _ in range(iters):
+        hv = hvp(v) - shift.view(view) * v
+        new = (v * hv).flatten(1).sum(1)
+        norm = hv.flatten(1).norm(dim=1)
+        v = torch.where(norm.view(view) > 0, hv / norm.clamp_min(1e-30).view(view), v)
+        done = ((new - lam).abs() <= tol * new.abs().clamp_min(1e-12)).all()
+        lam = new
+        if done:
+            break
+    return lam, v
+
+
+def power_hessian_max_eig(model: nn.Module, x: Tensor, y: Tensor, *, iters: int = 100, tol: float = 1e-5,
+                          generator: torch.Generator | None = None) -> Tensor:
+    """lambda_max of the input Hessian of CE by batched Hessian-vector-product power iteration, (N,).
+
+    One forward and one first-order backward (kept with ``create_graph``), then one double-backward per
+    iteration, all images at once. Power iteration finds the eigenvalue of largest magnitude; where that is
+    negative (possible for smooth networks) a second run on ``H - mu I`` recovers the largest algebraic one.
+    """
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        loss = F.cross_entropy(model(x), y, reduction="sum")  # sum: per-image gradients stay unscaled
+        (grad,) = torch.autograd.grad(loss, x, create_graph=True)
+
+    def hvp(v: Tensor) -> Tensor:
+        if not grad.requires_grad:  # the model is linear in x: H = 0
+            return torch.zeros_like(v)
+        return torch.autograd.grad(grad, x, grad_outputs=v, retain_graph=True)[0]
+
+    v = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    v = v / v.flatten(1).norm(dim=1).clamp_min(1e-30).view(-1, *([1] * (x.dim() - 1)))
+    zero = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    mu, v = _power_iteration(hvp, v, zero, iters, tol)
+    if (mu < 0).any():
+        shift = mu.clamp_max(0)
+        nu, _ = _power_iteration(hvp, v, shift, iters, tol)
+        mu = torch.where(mu < 0, nu + shift, mu)
+    return mu.detach()
+
+
+def hessian_max_eig(model: nn.Module, x: Tensor, y=None, *, method: str = "auto", iters: int = 100,
+                    tol: float = 1e-5, seed: int = 0, chunk_size: int | None = None) -> Tensor:
+    """Largest eigenvalue of the input Hessian of the cross-entropy loss, per image.
+
+    Args:
+        model: maps (N, ...) inputs to (N, C) logits; evaluated in eval mode (mode restored afterwards).
+        x: (N, ...) inputs.
+        y: labels (N,), an int, or None for the model's prediction. Only the power route uses it (for a
+            piecewise-linear network the Hessian of CE does not depend on the label).
+        method: "exact" (C x C route; valid for piecewise-linear networks only), "power" (Hessian-vector
+            power iteration; any twice-differentiable network), or "auto" (exact when
+            :func:`is_piecewise_linear`, else power).
+        iters, tol: power iteration: maximum iterations and relative tolerance on the Rayleigh quotient.
+        seed: seed of the power iteration's random start vector.
+        chunk_size: images per pass (memory); None = all at once.
+    Returns:
+        (N,) tensor of lambda_max, on the device of ``x``.
+    """
+    if method not in ("auto", "exact", "power"):
+        raise ValueError(f"unknown Hessian method {method!r}; choose 'auto', 'exact' or 'power'")
+    if iters < 1 or tol <= 0:
+        raise ValueError(f"power iteration needs iters >= 1 and tol > 0, got iters={iters}, tol={tol}")
+    with evaluating(model):
+        if method == "auto":
+            method = "exact" if is_piecewise_linear(model) else "power"
+        y = resolve_target(model, x, y)
+        chunk = x.shape[0] if chunk_size is None else max(1, int(chunk_size))
+        generator = torch.Generator(device=x.device).manual_seed(int(seed))
+        out = []
+        for s in range(0, x.shape[0], chunk):
+            xs, ys = x[s:s + chunk], y[s:s + chunk]
+            if method == "exact":
+                out.append(exact_hessian_max_eig(model, xs))
+            else:
+                out.append(power_hessian_max_eig(model, xs, ys, iters=iters, tol=tol, generator=generator))
+    return torch.cat(out)
+
+
+def _ratio(model: nn.Module, x: Tensor, g0: Tensor, xn: Tensor, target: Tensor) -> Tensor:
+    """``||grad f(x) - grad f(x')|| / ||x - x'||`` per row (x, g0, target repeated to match ``xn``)."""
+    gn = saliency(model, xn, target)
+    dx = (xn - x).flatten(1).norm(dim=1)
+    dg = (gn - g0).flatten(1).norm(dim=1)
+    return torch.where(dx > 0, dg / dx.clamp_min(1e-30), torch.zeros_like(dx))
+
+
+def _lipschitz_chunk(model, surrogate, x, target, noise, *, epsilon, steps, step_size) -> Tensor:
+    """Max ratio per image of ``x`` (n, ...) over ``noise`` (samples, n, ...) starts (+ PGD if surrogate)."""
+    samples, n = noise.shape[:2]
+    g0 = saliency(model, x, target).detach()
+    rep = lambda t: t.repeat(samples, *([1] * (t.dim() - 1)))  # noqa: E731  (sample-major rows)
+    xr, g0r, tr = rep(x), rep(g0), target.repeat(samples)
+    xn = (xr + noise.reshape(xr.shape)).clamp(0, 1)
+    best = _ratio(model, xr, g0r, xn, tr).detach()
+    if surrogate is not None and steps > 0:
+        gs0 = saliency(surrogate, xr, tr).detach()
+        for _ in range(steps):
+            xn = xn.detach().requires_grad_(True)
+            gs = saliency(surrogate, xn, tr, create_graph=True)
+            objective = (gs - gs0).pow(2).sum()
+            direction = (torch.autograd.grad(objective, xn, allow_unused=True)[0]
+                         if objective.requires_grad else None)
+            if direction is None:  # the gradient does not depend on x' (linear model): nothing to climb
+                break
+            xn = torch.min(torch.max(xn.detach() + step_size * direction.sign(), xr - epsilon), xr + epsilon)
+            xn = xn.clamp(0, 1)
+            best = torch.maximum(best, _ratio(model, xr, g0r, xn, tr).detach())
+    return best.view(samples, n).amax(0)
+
+
+def gradient_lipschitz(model: nn.Module, x: Tensor, y=None, *, epsilon: float, samples: int = 10,
+                       neighbours: str = "random", steps: int = 10, step_size: float | None = None,
+                       beta: float = 10.0, seed: int = 0, chunk_size: int | None = None) -> Tensor:
+    """Empirical Lipschitz ratio of the gradient, ``max_{x'} ||grad f_c(x) - grad f_c(x')||_2 / ||x - x'||_2``.
+
+    ``f_c`` is the logit of class ``c`` (the gradient a saliency map shows), with ``c`` fixed to ``y`` or, when
+    ``y`` is None, to the model's prediction on the clean ``x`` (the class every attribution explains); the
+    same class is used at ``x'``. Neighbours lie in ``B_inf(x, epsilon)`` intersected with [0, 1]:
+
+    * ``"random"``: ``samples`` points ``clip(x + U[-eps, eps]^d, 0, 1)``.
+    * ``"adversarial"``: the same ``samples`` random points as starts, each followed by ``steps`` signed-gradient
+      (PGD) steps that maximise ``||grad g_c(x) - grad g_c(x')||^2``, with ``g`` the model's Softplus(``beta``)
+      copy when it has ReLU modules (a ReLU network's gradient is piecewise constant, so its own second
+      derivative gives no direction) and the model itself otherwise. The ratio is always measured on ``model``
+      itself, at every iterate including the start, and the largest is kept (so with the same seed the
+      adversarial estimate is never below the random one).
+
+    Args:
+        model: maps (N, ...) inputs to (N, C) logits; evaluated in eval mode (mode restored afterwards).
+        x: (N, ...) inputs in [0, 1].
+        y: class per image (N,), an int, or None for the prediction.
+        epsilon: L-inf radius of the neighbourhood (pixel units).
+        samples: random neighbours (or adversarial restarts) per image.
+        steps, step_size: PGD steps and step size (default epsilon / 4) for ``"adversarial"``.
+        beta: Softplus beta of the surrogate.
+        seed: seed of the random neighbours / starts (all drawn up front: the result does not depend on
+            ``chunk_size``).
+        chunk_size: images per pass (each pass handles ``samples * chunk_size`` points); None = all.
+    Returns:
+        (N,) ratio, on the device of ``x``. Zero for a linear model (constant gradient).
+    """
+    if neighbours not in ("random", "adversarial"):
+        raise ValueError(f"unknown neighbours {neighbours!r}; choose 'random' or 'adversarial'")
+    if epsilon <= 0 or samples < 1 or steps < 0:
+        raise ValueError(f"need epsilon > 0, samples >= 1, steps >= 0; got epsilon={epsilon}, samples={samples}, "
+                         f"steps={steps}")
+    step_size = epsilon / 4 if step_size is None else step_size
+    generator = torch.Generator(device=x.device).manual_seed(int(seed))
+    x = x.detach()
+    noise = (2 * torch.rand((samples, *x.shape), generator=generator, device=x.device, dtype=x.dtype) - 1) * epsilon
+    chunk = x.shape[0] if chunk_size is None else max(1, int(chunk_size))
+    with evaluating(model):
+        target = resolve_target(model, x, y)
+        surrogate = None
+        if neighbours == "adversarial":
+            has_relu = any(isinstance(m, nn.ReLU) for m in model.modules())
+            surrogate = softplus_copy(model, beta).eval() if has_relu else model
+        out = [_lipschitz_chunk(model, surrogate, x[s:s + chunk], target[s:s + chunk], noise[:, s:s + chunk],
+                                epsilon=epsilon, steps=steps, step_size=step_size)
+               for s in range(0, x.shape[0], chunk)]
+    return torch.cat(out)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Scale-invariant geometry, Lipschitz estimates on independent neighbours, and the bound test (issue 9.5).
+#
+# Multiplying every logit by t > 0 (a "temperature", e.g. shrinking the last layer) leaves the prediction, the
+# normalised attribution maps and so every robustness metric unchanged, but multiplies the logit gradient by t
+# and changes lambda_max of the CE Hessian through both J (by t^2) and p = softmax(t f). So a model can lower
+# lambda_max and the raw gradient-Lipschitz ratio just by shrinking its logits (issue 9: ssr_s100's confidence
+# 0.25). The measures below are invariant to that scale; each docstring says why.
+
+__all__ += ["logit_geometry", "lipschitz_measures", "bound_test"]
+
+
+def _top2(logits: Tensor) -> tuple[Tensor, Tensor]:
+    top = logits.topk(2, dim=1).indices
+    return top[:, 0], top[:, 1]
+
+
+def logit_geometry(model: nn.Module, x: Tensor, y=None, *, lambda_max: Tensor | None = None,
+                   logit_scale: float = 5.0, chunk_size: int | None = None) -> dict[str, Tensor]:
+    """Per-image logit statistics, gradient norms and curvature measures, raw and scale-invariant.
+
+    With ``f`` the logits, ``c`` the prediction, ``r`` the runner-up, ``J`` the C x d logit Jacobian,
+    ``p = softmax(f)``, ``P = I - 11^T / C`` (centring) and ``g_c = grad f_c`` (the saliency map):
+
+    Raw (change with the logit scale t): ``clean_conf`` p_c (changes through p), ``logit_margin`` f_c - f_r
+    (x t), ``logit_norm`` ||f||, ``grad_logit_norm`` ||g_c|| (x t), ``grad_loss_norm`` ||grad_x CE(x, y)||
+    = ||J^T (p - e_y)||, and, given ``lambda_max``, ``lambda_max_over_grad_logit2`` = lambda_max / ||g_c||^2 and
+    ``lambda_max_over_grad_loss2`` = lambda_max / ||grad CE||^2. These two ratios remove the t^2 of J but *not*
+    the dependence on p = softmax(t f), so they are normalised, not invariant (tested).
+
+    Scale-invariant (unchanged under f -> t f for every t > 0, and under adding one function to every logit):
+
+    * ``relative_curvature`` = lambda_max(J^T P J) / ||g_c - g_r||^2. The numerator is the largest variance
+      direction of the class gradients (the p-free envelope of the CE Hessian ``J^T (diag p - pp^T) J``: its
+      value at uniform p, times C); the denominator is the squared slope of the decision margin. Both scale by
+      t^2; P and the margin remove any common function. Large = the class gradients disagree strongly
+      compared with the slope that decides the class.
+    * ``lambda_max_fixed_scale`` = lambda_max of the CE input Hessian of the per-image rescaled logits
+      ``f~ = f * s / ||P f||`` with ``s = logit_scale`` (temperature held constant in x):
+      ``(s / ||P f||)^2 lambda_max(J^T (diag p~ - p~ p~^T) J)``, ``p~ = softmax(f~)``. Under f -> t f, f~ is
+      unchanged and the t^2 of J cancels the 1/t^2 of the factor: the paper's quantity at a common logit scale.
+
+    Args:
+        x: (N, ...) inputs; y: labels for the loss gradient (None: the prediction).
+        lambda_max: (N,) precomputed lambda_max (e.g. :func:`hessian_max_eig`) for the two ratios.
+        logit_scale: s above (centred logit norm at which ``lambda_max_fixed_scale`` is taken).
+    Returns:
+        dict of (N,) tensors (float64 for the curvature measures), plus ``prediction`` (long).
+    """
+    if logit_scale <= 0:
+        raise ValueError(f"logit_scale must be > 0, got {logit_scale}")
+    chunk = x.shape[0] if chunk_size is None else max(1, int(chunk_size))
+    parts: list[dict[str, Tensor]] = []
+    with evaluating(model):
+        y = resolve_target(model, x, y)
+        for s in range(0, x.shape[0], chunk):
+            logits, jac = logit_jacobian(model, x[s:s + chunk])
+            logits, jac = logits.detach().double(), jac.detach().flatten(2).double()
+            parts.append(_logit_geometry_chunk(logits, jac, y[s:s + chunk], logit_scale))
+    out = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    if lambda_max is not None:
+        lam = lambda_max.detach().double().to(out["grad_logit_norm"].device)
+        out["lambda_max_over_grad_logit2"] = lam / out["grad_logit_norm"].pow(2).clamp_min(1e-30)
+        out["lambda_max_over_grad_loss2"] = lam / out["grad_loss_norm"].pow(2).clamp_min(1e-30)
+    return out
+
+
+def _logit_geometry_chunk(logits: Tensor, jac: Tensor, y: Tensor, logit_scale: float) -> dict[str, Tensor]:
+    n, C = logits.shape
+    c, r = _top2(logits)
+    rows = torch.arange(n, device=logits.device)
+    p = logits.softmax(1)
+    g_c, g_r = jac[rows, c], jac[rows, r]
+    onehot = F.one_hot(y, C).double()
+    grad_loss = (jac.transpose(1, 2) @ (p - onehot).unsqueeze(2)).squeeze(2)
+    centre = torch.eye(C, dtype=jac.dtype, device=jac.device) - 1.0 / C
+    gram = jac @ jac.transpose(1, 2)                                    # J J^T (N, C, C)
+    spread = torch.linalg.eigvalsh(centre @ gram @ centre)[:, -1].clamp_min(0)
+    margin_grad2 = (g_c - g_r).pow(2).sum(1)
+    centred = logits - logits.mean(1, keepdim=True)
+    cnorm = centred.norm(dim=1).clamp_min(1e-30)
+    factor = logit_scale / cnorm
+    lam_fixed = factor.pow(2) * ce_hessian_lambda_max(logits * factor.unsqueeze(1), jac)
+    return {
+        "prediction": c,
+        "clean_conf": p[rows, c],
+        "logit_margin": logits[rows, c] - logits[rows, r],
+        "logit_norm": logits.norm(dim=1),
+        "grad_logit_norm": g_c.norm(dim=1),
+        "grad_loss_norm": grad_loss.norm(dim=1),
+        "margin_grad_norm": margin_grad2.sqrt(),
+        "relative_curvature": torch.where(margin_grad2 > 0, spread / margin_grad2.clamp_min(1e-30),
+                                          torch.full_like(spread, float("nan"))),
+        "lambda_max_fixed_scale": lam_fixed.double(),
+    }
+
+
+def _sm_map(g: Tensor, x: Tensor, convention: str) -> Tensor:
+    from smoothgeo.core.attributions import map_of
+    return map_of("SM", g, x, convention=convention)
+
+
+def _three_ratios(model, x, g0, m0, xn, target, convention) -> tuple[Tensor, Tensor, Tensor]:
+    gn = saliency(model, xn, target).detach()
+    dx = (xn - x).flatten(1).norm(dim=1)
+    dg = (gn - g0).flatten(1).norm(dim=1)
+    dm = (_sm_map(gn, xn, convention) - m0).flatten(1).norm(dim=1)
+    g0n = g0.flatten(1).norm(dim=1)
+    ok = dx > 0
+    zero = torch.zeros_like(dx)
+    raw = torch.where(ok, dg / dx.clamp_min(1e-30), zero)
+    rel = torch.where(ok & (g0n > 0), raw / g0n.clamp_min(1e-30), zero)
+    return raw, rel, torch.where(ok, dm / dx.clamp_min(1e-30), zero)
+
+
+def lipschitz_measures(model: nn.Module, x: Tensor, y=None, *, epsilon: float, samples: int = 8,
+                       neighbours: str = "random", steps: int = 10, step_size: float | None = None,
+                       beta: float = 10.0, seed: int, convention: str = "grad_times_input",
+                       chunk_size: int | None = None) -> dict[str, Tensor]:
+    """Lipschitz ratios of the gradient, of the gradient relative to its norm, and of the normalised map.
+
+    Over neighbours ``x'`` in ``B_inf(x, epsilon) ∩ [0,1]`` drawn from their *own* seed (independent of any
+    attack), per image, each maximised separately over the same neighbours:
+
+    * ``gradient``: ``max ||g(x') - g(x)|| / ||x' - x||`` with ``g = grad f_c`` (as :func:`gradient_lipschitz`);
+      scales with the logits (x t).
+    * ``relative_gradient``: the same divided by ``||g(x)||``: invariant to the logit scale t (both scale by t).
+    * ``map``: ``max ||m(x') - m(x)|| / ||x' - x||`` with ``m`` the normalised 2-D SM map of ``convention``
+      (the map every metric uses; it sums to H*W, so the logit scale cancels exactly).
+
+    ``neighbours="random"``: ``samples`` uniform points in the ball; ``"adversarial"``: each followed by
+    ``steps`` signed-gradient steps maximising ``||grad g_c(x') - grad g_c(x)||^2`` on the Softplus(``beta``)
+    copy of a ReLU model (the model itself otherwise), every iterate measured on ``model``.
+
+    Returns:
+        dict ``{"gradient", "relative_gradient", "map"}`` of (N,) tensors.
+    """
+    if neighbours not in ("random", "adversarial"):
+        raise ValueError(f"unknown neighbours {neighbours!r}; choose 'random' or 'adversarial'")
+    if epsilon <= 0 or samples < 1 or steps < 0:
+        raise ValueError(f"need epsilon > 0, samples >= 1, steps >= 0; got epsilon={epsilon}, samples={samples}, "
+                         f"steps={steps}")
+    if x.dim() != 4:
+        raise ValueError(f"lipschitz_measures needs images (N, C, H, W) for the map, got shape {tuple(x.shape)}")
+    step_size = epsilon / 4 if step_size is None else step_size
+    generator = torch.Generator(device=x.device).manual_seed(int(seed))
+    x = x.detach()
+    noise = (2 * torch.rand((samples, *x.shape), generator=generator, device=x.device, dtype=x.dtype) - 1) * epsilon
+    chunk = x.shape[0] if chunk_size is None else max(1, int(chunk_size))
+    out = {"gradient": [], "relative_gradient": [], "map": []}
+    with evaluating(model):
+        target = resolve_target(model, x, y)
+        surrogate = None
+        if neighbours == "adversarial" and steps > 0:
+            has_relu = any(isinstance(m, nn.ReLU) for m in model.modules())
+            surrogate = softplus_copy(model, beta).eval() if has_relu else model
+        for s in range(0, x.shape[0], chunk):
+            xs, ts, ns = x[s:s + chunk], target[s:s + chunk], noise[:, s:s + chunk]
+            k, n = ns.shape[:2]
+            rep = lambda t: t.repeat(k, *([1] * (t.dim() - 1)))  # noqa: E731  (sample-major rows)
+            g0 = saliency(model, xs, ts).detach()
+            xr, g0r, tr = rep(xs), rep(g0), ts.repeat(k)
+            m0r = _sm_map(g0r, xr, convention)
+            xn = (xr + ns.reshape(xr.shape)).clamp(0, 1)
+            best = list(_three_ratios(model, xr, g0r, m0r, xn, tr, convention))
+            if surrogate is not None:
+                gs0 = saliency(surrogate, xr, tr).detach()
+                for _ in range(steps):
+                    xn = xn.detach().requires_grad_(True)
+                    gs = saliency(surrogate, xn, tr, create_graph=True)
+                    objective = (gs - gs0).pow(2).sum()
+                    if not objective.requires_grad:
+                        break
+                    direction = torch.autograd.grad(objective, xn, allow_unused=True)[0]
+                    if direction is None:
+                        break
+                    xn = torch.min(torch.max(xn.detach() + step_size * direction.sign(), xr - epsilon), xr + epsilon)
+                    xn = xn.clamp(0, 1)
+                    best = [torch.maximum(b, r) for b, r in zip(best, _three_ratios(model, xr, g0r, m0r, xn, tr,
+                                                                                      convention))]
+            for key, b in zip(out, best):
+                out[key].append(b.view(k, n).amax(0))
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def bound_test(model: nn.Module, x: Tensor, x_adv: Tensor, lipschitz: Tensor, y=None, *,
+               map_lipschitz: Tensor | None = None, convention: str = "grad_times_input") -> dict[str, Tensor]:
+    """The realised change of the gradient and of the map under a perturbation against its prediction.
+
+    For clean ``x``, perturbed ``x_adv`` (e.g. an attribution attack's output) and a per-image gradient-Lipschitz
+    estimate ``lipschitz`` made on *independent* neighbours (:func:`lipschitz_measures`, its own seed: not the
+    attack's iterates, so the test is not circular), with ``g = grad f_c`` at the clean prediction ``c``:
+
+    * ``delta_norm`` ||x_adv - x||_2; ``grad_change`` ||g(x_adv) - g(x)||; ``predicted_grad_change``
+      L * ||x_adv - x||; ``within_bound`` grad_change <= predicted (1.0 / 0.0);
+    * ``relative_grad_change`` grad_change / ||g(x)|| (logit-scale invariant);
+    * ``map_change`` ||m(x_adv) - m(x)||_2 of the normalised SM map (what the metrics see); with
+      ``map_lipschitz``: ``predicted_map_change`` = L_map * ||delta|| and ``map_within_bound``.
+
+    Coverage and how well the prediction *ranks* the realised change across images
+    (:func:`smoothgeo.analysis.stats.within_spearman`) are then computed by :func:`smoothgeo.analysis.stats.bound_summary`.
+    Returns:
+        dict of (N,) tensors.
+    """
+    if x.shape != x_adv.shape:
+        raise ValueError(f"x {tuple(x.shape)} and x_adv {tuple(x_adv.shape)} differ in shape; pass matching images")
+    with evaluating(model):
+        target = resolve_target(model, x, y)
+        g0 = saliency(model, x, target).detach()
+        g1 = saliency(model, x_adv, target).detach()
+    delta = (x_adv - x).flatten(1).norm(dim=1)
+    dg = (g1 - g0).flatten(1).norm(dim=1)
+    pred = lipschitz.to(delta) * delta
+    out = {"delta_norm": delta, "grad_change": dg, "predicted_grad_change": pred,
+           "within_bound": (dg <= pred * (1 + 1e-6)).to(delta.dtype),
+           "relative_grad_change": dg / g0.flatten(1).norm(dim=1).clamp_min(1e-30),
+           "map_change": (_sm_map(g1, x_adv, convention) - _sm_map(g0, x, convention)).flatten(1).norm(dim=1)}
+    if map_lipschitz is not None:
+        out["predicted_map_change"] = map_lipschitz.to(delta) * delta
+        out["map_within_bound"] = (out["map_change"] <= out["predicted_map_change"] * (1 + 1e-6)).to(delta.dtype)
+    return out
