@@ -24,7 +24,8 @@ import torch.nn.functional as F
 
 from smoothgeo.core.geometry import ce_hessian_lambda_max, lambda_max_penalty
 from smoothgeo.core.models import FashionCNN
-from smoothgeo.pipeline.train import GENERIC_KEYS, resolve_device
+from smoothgeo.core.device import resolve_device
+from smoothgeo.pipeline.train import GENERIC_KEYS
 from smoothgeo.training.recipes import RECIPES, check_options
 
 DEFAULTS = {  # the lead's params.yaml protocol

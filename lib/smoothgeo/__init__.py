@@ -1,29 +1,65 @@
-"""smoothgeo: smoothed geometry for robust attribution (Wang et al., NeurIPS 2020).
+"""smoothgeo: smoothed geometry for robust attribution (Wang et al., NeurIPS 2020, arXiv 2006.06643).
 
-Modules, one per concern:
-    data           Fashion-MNIST / CIFAR-10 / Flowers-102 / ImageNet loaders (images in [0, 1])
-    standins       synthetic stand-ins in the real file layouts; data_stage: the data stage (real or stand-in)
-    profiles       the toy version of a paper-scale profile (``bash scripts/repro.sh cifar10-toy``)
-    experiments    the seeded evaluation images every stage shares; clean test accuracy
-    models         the networks, ``softplus_copy``
-    attributions   SM, IG, SmoothGrad, Uniform Gradient and the 2-D attribution map
-    captum_methods any Captum attribution as an evaluated method (``captum:<Class>``)
-    metrics        top-k intersection, Kendall (ranks: the O(P log P) route), Spearman, mass-centre, cosine
-    attacks        the one iterative L-inf attribution attack loop: losses, surrogate ensemble, backtracking
-    targets        target maps of the targeted attack
-    evaluation     compute_maps / compare_maps, the evaluation engine, noise floors
-    training       natural / weight decay / Madry / IG-NORM / SSR recipes; train: the training CLI
-    geometry       lambda_max (exact, Ritz, merged classes, power iteration), scale-invariant curvature,
-                   Lipschitz ratios, the bound test
-    attack_stage   pipeline stage: every attack of one model, once (distributed: sharded over processes);
-                   attack_config: the params ``attacks`` section, its checks and the settings of a model
-    measure_stage  pipeline stage: per-image geometry of one model, once
-    results        the tidy result tables; analysis: per-model tables, frontiers, diagnostics
-    stats          bootstrap over seeds and images, paired differences, Holm, partial Spearman, transfer
-    claims         claim rows and verdicts; summary: the claims stage and the report
-    notebook       parameters cells from params.yaml and the papermill runner; progress: compact progress
-    timed          stage wall time and peak memory
-    checkpoints    checksummed checkpoints loaded with weights_only=True; io: atomic writes, params
+The names a user calls are importable from here (``from smoothgeo import saliency, attack, topk_intersection``);
+they are loaded lazily, so ``import smoothgeo`` stays cheap and the layers below can move without breaking a
+user's notebook. :data:`API` maps every public name to the module that defines it; ``__all__`` is its keys.
+
+Layers (imports point down only; ``docs/architecture.md`` explains each):
+    core/      pure functions of tensors: models, attributions, attacks, metrics, ranks, geometry, targets,
+               the evaluation engine, the device resolver
+    store/     atomic files, checkpoints, names, tidy tables, progress bars
+    data/      data sets, synthetic stand-ins, the shared evaluation images
+    training/  recipes (one loss each) and the one training loop
+    analysis/  reading a run's tables, statistics, frames, claims, tables and figures
+    pipeline/  configuration and one small module per DVC stage (the command lines)
 """
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
+
+#: public name -> module that defines it (relative to this package)
+API: dict[str, str] = {
+    # attributions
+    **dict.fromkeys(["saliency", "integrated_gradients", "smoothgrad", "uniform_gradient", "smooth_gradient",
+                     "attribute", "attribution_map", "map_of", "METHODS"], "core.attributions"),
+    # the attack
+    **dict.fromkeys(["attack", "AttackResult", "KINDS"], "core.attacks"),
+    # metrics
+    **dict.fromkeys(["topk_intersection", "kendall_tau", "spearman_rho", "mass_center_dislocation",
+                     "cosine_distance", "METRICS"], "core.metrics"),
+    # geometry
+    **dict.fromkeys(["hessian_max_eig", "lambda_max_penalty", "gradient_lipschitz", "logit_jacobian"],
+                    "core.geometry"),
+    # models
+    **dict.fromkeys(["build_model", "softplus_copy", "ARCHITECTURES", "FashionCNN", "ResNet20", "MLP"],
+                    "core.models"),
+    # evaluation engine and device
+    **dict.fromkeys(["evaluate", "run_setting", "compute_maps", "compare_maps"], "core.evaluation"),
+    "resolve_device": "core.device",
+    # training recipes and loop
+    **dict.fromkeys(["natural_loss", "weight_decay_loss", "madry_loss", "ig_norm_loss", "ssr_loss", "RECIPES",
+                     "fit"], "training.recipes"),
+    # checkpoints and data
+    **dict.fromkeys(["save_checkpoint", "load_checkpoint", "CheckpointError"], "store.checkpoints"),
+    **dict.fromkeys(["load_dataset", "load_tensors", "DATASETS"], "data.datasets"),
+    "eval_images": "data.images",
+    # a run's results
+    "load_run": "analysis.run",
+}
+
+__all__ = sorted(API)
+
+
+def __getattr__(name: str):
+    module = API.get(name)
+    if module is None:
+        raise AttributeError(f"module 'smoothgeo' has no attribute {name!r}; the public names are smoothgeo.__all__")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(API))

@@ -15,7 +15,7 @@ import pandas as pd
 
 from smoothgeo.store.atomic import atomic_path, atomic_write_csv, atomic_write_text, load_params
 
-__all__ = ["repo_root", "results_dir", "save_table", "save_figure", "notebook_params", "pick_device",
+__all__ = ["repo_root", "results_dir", "save_table", "save_figure", "notebook_params", 
            "display_path", "scrub_paths", "find_machine_paths", "save_metrics", "save_plot_data"]
 
 
@@ -42,15 +42,6 @@ def notebook_params(section: str | None = None, root: Path | None = None) -> dic
     """``params.yaml`` (or one section of it), for notebooks opened interactively without papermill."""
     params = load_params((root or repo_root()) / "params.yaml")
     return params if section is None else params[section]
-
-
-def pick_device(name: str = "auto"):
-    """``"auto"`` -> the first CUDA device if there is one, else CPU; anything else is passed to torch."""
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def save_table(frame: pd.DataFrame, folder: Path, name: str, *, floatfmt: str = ".3f", caption: str = "") -> None:

@@ -8,13 +8,16 @@ swap it for ``nn.Softplus(beta)``.
 from __future__ import annotations
 
 import copy
+import math
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
 
 __all__ = [
     "Normalize", "FashionCNN", "ResNet20", "MLP", "resnet50_imagenet", "build_model", "softplus_copy",
-    "ARCHITECTURES",
+    "ARCHITECTURES", "Architecture",
 ]
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -34,16 +37,23 @@ class Normalize(nn.Module):
 
 
 class FashionCNN(nn.Module):
-    """Chen et al. (2019)'s Fashion-MNIST network: conv5x5-32, pool, conv5x5-64, pool, fc1024, fc10."""
+    """Chen et al. (2019)'s Fashion-MNIST network: conv5x5-32, pool, conv5x5-64, pool, fc1024, fc10.
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, image_size: int = 28):
+    ``widths`` and ``hidden`` scale it: ``fashion_small`` (the default profile's network) is
+    conv5x5-16, pool, conv5x5-32, pool, fc128, fc10 (215k parameters instead of 3.3M; see docs/architecture.md).
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, image_size: int = 28,
+                 widths: tuple[int, int] = (32, 64), hidden: int = 1024):
         super().__init__()
-        flat = 64 * (image_size // 4) ** 2
+        c1, c2 = (int(w) for w in widths)
+        flat = c2 * (image_size // 4) ** 2
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(in_channels, c1, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(c1, c2, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
         )
-        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(flat, 1024), nn.ReLU(), nn.Linear(1024, num_classes))
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(flat, int(hidden)), nn.ReLU(),
+                                        nn.Linear(int(hidden), num_classes))
 
     def forward(self, x):
         return self.classifier(self.features(x))
@@ -132,21 +142,41 @@ def resnet50_imagenet(*, pretrained: bool = True, weights_path: str | None = Non
     return nn.Sequential(Normalize(IMAGENET_MEAN, IMAGENET_STD), net)
 
 
-ARCHITECTURES = {
-    "fashion_cnn": lambda num_classes=10, **kw: FashionCNN(num_classes=num_classes, **kw),
-    "resnet20": lambda num_classes=10, **kw: ResNet20(num_classes=num_classes, **kw),
-    "resnet50": lambda num_classes=1000, **kw: resnet50_imagenet(**kw),
-    "mlp": lambda num_classes=2, **kw: MLP(num_classes=num_classes, **kw),
+@dataclass(frozen=True)
+class Architecture:
+    """A registered network: ``build(num_classes=..., **kwargs)`` and the keyword arguments it takes from the
+    data (``shape_kwargs((C, H, W))``), so the training stage needs no branch per architecture."""
+
+    build: Callable[..., nn.Module]
+    shape_kwargs: Callable[[tuple], dict]
+    num_classes: int = 10
+
+
+def _image_kwargs(shape) -> dict:
+    return {"in_channels": int(shape[0]), "image_size": int(shape[-1])}
+
+
+def _flat_kwargs(shape) -> dict:
+    return {"in_features": int(math.prod(int(s) for s in shape))}
+
+
+#: the one registry of networks; adding one is one entry here (and one test in tests/test_models.py)
+ARCHITECTURES: dict[str, Architecture] = {
+    "fashion_cnn": Architecture(FashionCNN, _image_kwargs),
+    "fashion_small": Architecture(lambda **kw: FashionCNN(widths=(16, 32), hidden=128, **kw), _image_kwargs),
+    "resnet20": Architecture(ResNet20, lambda shape: {"in_channels": int(shape[0])}),
+    "resnet50": Architecture(lambda num_classes=1000, **kw: resnet50_imagenet(**kw),
+                             lambda shape: {"pretrained": False}, num_classes=1000),
+    "mlp": Architecture(MLP, _flat_kwargs, num_classes=2),
 }
 
 
 def build_model(arch: str, *, num_classes: int | None = None, **kwargs) -> nn.Module:
-    """Build a network by name: one of ``ARCHITECTURES`` (fashion_cnn, resnet20, resnet50, mlp)."""
+    """Build a network by name: one of :data:`ARCHITECTURES` (fashion_cnn, fashion_small, resnet20, resnet50, mlp)."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}")
-    if num_classes is not None:
-        kwargs["num_classes"] = num_classes
-    return ARCHITECTURES[arch](**kwargs)
+    entry = ARCHITECTURES[arch]
+    return entry.build(num_classes=entry.num_classes if num_classes is None else num_classes, **kwargs)
 
 
 def softplus_copy(model: nn.Module, beta: float) -> nn.Module:

@@ -498,7 +498,7 @@ def run(params: dict, model_name: str, *, checkpoints="data/checkpoints", record
 
 
 def main(argv=None) -> dict:
-    from smoothgeo.pipeline.train import resolve_device
+    from smoothgeo.core.device import resolve_device
 
     parser = argparse.ArgumentParser(prog="python -m smoothgeo.pipeline.attack", description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", default="params.yaml", help="parameter file (default params.yaml)")

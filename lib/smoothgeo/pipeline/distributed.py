@@ -67,6 +67,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
+
+from smoothgeo.core.device import resolve_device
 import torch.distributed as dist
 
 __all__ = ["Context", "launched", "from_env", "device_for", "init", "contiguous_shard", "gather_to_root",
@@ -102,10 +104,7 @@ def from_env() -> Context:
 
 def device_for(ctx: Context, requested: str | None = "auto") -> torch.device:
     """This rank's device: ``auto``/``cuda`` -> ``cuda:LOCAL_RANK`` (when available; ``auto`` else the CPU)."""
-    requested = requested or "auto"
-    if requested == "auto":
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(requested)
+    device = resolve_device(requested)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", ctx.local_rank % max(1, torch.cuda.device_count()))
     return device

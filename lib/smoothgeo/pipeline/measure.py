@@ -311,7 +311,7 @@ def _test_accuracy(model, data: dict, *, seed: int, device, root) -> float:
 def _run(args) -> None:
     from smoothgeo.data.images import eval_images
     from smoothgeo.store.atomic import atomic_write_json, load_params
-    from smoothgeo.analysis.render import pick_device
+    from smoothgeo.core.device import resolve_device
 
     start = time.perf_counter()
     params = load_params(args.params)
@@ -319,7 +319,7 @@ def _run(args) -> None:
     for key in ("data", "seed"):
         if key not in params:
             raise ValueError(f"params file {args.params} lacks the top-level {key!r} the evaluation images need")
-    device = pick_device(args.device or params.get("device") or "auto")
+    device = resolve_device(args.device or params.get("device") or "auto")
     model, _ = load_model(args.model, checkpoints=Path(args.checkpoints), device=device)
     x, y = eval_images(params["data"], cfg["n_images"], seed=params["seed"], device=device,
                        root=None if args.root is None else Path(args.root))

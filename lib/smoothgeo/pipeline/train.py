@@ -47,6 +47,7 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sequential
 from smoothgeo import __version__
 from smoothgeo.store import checkpoints as ckpt
 from smoothgeo.store.atomic import atomic_write_json, load_params, remove_stale_temps
+from smoothgeo.core.device import resolve_device
 from smoothgeo.core.models import ARCHITECTURES, build_model
 from smoothgeo.training.recipes import OPTIMIZERS, RECIPES, check_options, evaluate_accuracy, fit
 
@@ -126,30 +127,6 @@ def resolve_config(params: dict, name: str) -> dict:
             "recipe": recipe, "options": options, "data": data}
 
 
-_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto``: the first CUDA device when there is one, else the CPU; otherwise ``torch.device(device)``.
-
-    Raises:
-        ValueError: not one of auto, cpu, cuda, cuda:N, mps, or a CUDA device that is not available.
-    """
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if not isinstance(device, str) or not _DEVICE.match(device):
-        raise ValueError(f"device {device!r} is not valid; use auto, cpu, cuda, cuda:N or mps")
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} requested but CUDA is not available here; use auto or cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device {device!r} does not exist: {torch.cuda.device_count()} CUDA device(s) visible")
-    if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise ValueError(f"device {device!r} requested but MPS is not available here; use auto or cpu")
-    return dev
-
-
 def _subset_indices(n: int, limit, seed: int) -> torch.Tensor:
     """The same seeded subset rule as ``smoothgeo.data.datasets.load_tensors``."""
     if limit is None or limit >= n:
@@ -179,19 +156,7 @@ def _num_classes(name: str, dataset) -> int:
 
 
 def _model_kwargs(arch: str, shape) -> dict:
-    c, h = int(shape[0]), int(shape[-1])
-    if arch == "fashion_cnn":
-        return {"in_channels": c, "image_size": h}
-    if arch == "resnet20":
-        return {"in_channels": c}
-    if arch == "mlp":
-        n = 1
-        for s in shape:
-            n *= int(s)
-        return {"in_features": n}
-    if arch == "resnet50":
-        return {"pretrained": False}
-    return {}
+    return ARCHITECTURES[arch].shape_kwargs(tuple(shape))
 
 
 def _sha256(path: Path) -> str:
