@@ -47,18 +47,20 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sequential
 from smoothgeo import __version__
 from smoothgeo.store import checkpoints as ckpt
 from smoothgeo.store.atomic import atomic_write_json, load_params, remove_stale_temps
-from smoothgeo.core.device import resolve_device
+from smoothgeo.core.device import PRECISIONS, autocast_dtype, cpu_features, resolve_device
 from smoothgeo.core.models import ARCHITECTURES, build_model
-from smoothgeo.training.recipes import OPTIMIZERS, RECIPES, check_options, evaluate_accuracy, fit
+from smoothgeo.training.recipes import OPTIMIZERS, RECIPES, SCHEDULES, check_options, evaluate_accuracy, fit
 
 __all__ = ["main", "resolve_config", "run", "resolve_device", "GENERIC_KEYS", "RECORD_KEYS"]
 
 GENERIC_KEYS = ("recipe", "init", "arch", "epochs", "lr", "batch_size", "optimizer", "max_batches", "seed",
-                "pretrained")
+                "pretrained", "schedule", "precision", "stop_at", "val_size", "val_points")
 RECORD_KEYS = ("name", "recipe", "init", "arch", "dataset", "seed", "epochs", "hyperparameters", "options",
                "test_accuracy", "seconds_per_epoch", "mean_seconds_per_epoch", "history", "train_size",
                "test_size", "batches_per_epoch", "resumed_from_epoch", "device", "version", "torch_version",
-               "checkpoint", "init_sha256")
+               "checkpoint", "init_sha256", "budget", "precision", "val_curve", "val_accuracy", "plateau_gain")
+#: the validation images are the same for every run: a fixed split of the training set (never the test set)
+VAL_SEED = 20201206
 _EVAL_BATCH = 500
 
 
@@ -90,7 +92,8 @@ def resolve_config(params: dict, name: str) -> dict:
     entry = {**(train.get("defaults") or {}), **((scratch if kind == "scratch" else finetune)[name] or {})}
     entry.setdefault("seed", params.get("seed", 0))
     for key, default in (("arch", "fashion_cnn"), ("optimizer", "adam"), ("max_batches", None), ("init", None),
-                         ("pretrained", False)):
+                         ("pretrained", False), ("schedule", "constant"), ("precision", "float32"),
+                         ("stop_at", 1.0), ("val_size", 0), ("val_points", 10)):
         entry.setdefault(key, default)
     for key in ("recipe", "epochs", "lr", "batch_size"):
         if key not in entry:
@@ -110,6 +113,15 @@ def resolve_config(params: dict, name: str) -> dict:
     _check(entry["max_batches"] is None or (_is_int(entry["max_batches"]) and entry["max_batches"] >= 1),
            "max_batches", entry["max_batches"], "null or an integer >= 1")
     _check(_is_int(entry["seed"]) and entry["seed"] >= 0, "seed", entry["seed"], "an integer >= 0")
+    _check(entry["schedule"] in SCHEDULES, "schedule", entry["schedule"], f"one of {list(SCHEDULES)}")
+    _check(entry["precision"] in PRECISIONS, "precision", entry["precision"], f"one of {list(PRECISIONS)}")
+    _check(isinstance(entry["stop_at"], (int, float)) and not isinstance(entry["stop_at"], bool)
+           and 0 < entry["stop_at"] <= 1, "stop_at", entry["stop_at"],
+           "a fraction of the budget with 0 < stop_at <= 1 (1: the whole budget)")
+    _check(_is_int(entry["val_size"]) and entry["val_size"] >= 0, "val_size", entry["val_size"],
+           "an integer >= 0 (training images held out for validation; 0: none)")
+    _check(_is_int(entry["val_points"]) and entry["val_points"] >= 1, "val_points", entry["val_points"],
+           "an integer >= 1 (validation measurements along training)")
     if kind == "finetune":
         _check(isinstance(entry["init"], str) and entry["init"] not in ("", name), "init", entry["init"],
                "the name of another training run whose checkpoint it starts from")
@@ -190,6 +202,24 @@ def _differences(old, new) -> list[str]:
     return out
 
 
+def _budget_fields(config: dict, history: list[dict], planned: int, precision: torch.dtype) -> dict:
+    """The record's budget (what was trained, in batches, of what size, over how many epochs), the precision,
+    the validation curve and its plateau: the accuracy gained over the last fifth of the batches run."""
+    curve = [point for h in history for point in h.get("val_curve", [])]
+    done = sum(int(h["batches"]) for h in history)
+    gain = None
+    if len(curve) >= 2:
+        cut = 0.8 * curve[-1][0]
+        before = [acc for step, acc in curve if step <= cut]
+        gain = curve[-1][1] - (before[-1] if before else curve[0][1])
+    return {"budget": {"batches": done, "batches_planned": planned, "batch_size": config["batch_size"],
+                       "epochs": config["epochs"], "stop_at": config.get("stop_at", 1.0),
+                       "images": done * config["batch_size"], "schedule": config.get("schedule", "constant"),
+                       "lr": config["lr"]},
+            "precision": str(precision).replace("torch.", ""), "val_curve": curve,
+            "val_accuracy": curve[-1][1] if curve else None, "plateau_gain": gain}
+
+
 def _deterministic(dev: torch.device) -> None:
     """Deterministic kernels where torch has them (warn, not fail, where it does not)."""
     if dev.type == "cuda":
@@ -258,22 +288,48 @@ def run(config: dict, *, checkpoints="data/checkpoints", record=None, device="au
             partial_path.unlink(missing_ok=True)
     resumed_from = start_epoch
 
+    val_idx = torch.arange(0)
+    if config.get("val_size") and config["epochs"]:
+        order = torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(VAL_SEED))
+        if config["val_size"] >= len(train_idx):
+            raise ValueError(f"val_size {config['val_size']} leaves no training images (training set "
+                             f"{len(train_idx)}); lower val_size or data.train_limit")
+        val_idx = train_idx[order[: config["val_size"]].sort().values]
+        train_idx = train_idx[order[config["val_size"]:].sort().values]
     train_loader = _loader(train_ds, train_idx, config["batch_size"], shuffle=True) if config["epochs"] else []
     test_loader = _loader(test_ds, test_idx, _EVAL_BATCH, shuffle=False)
+    val_loader = _loader(train_ds, val_idx, _EVAL_BATCH, shuffle=False) if len(val_idx) else None
+    per_epoch = min(len(train_loader), config["max_batches"] or len(train_loader)) if config["epochs"] else 0
+    planned = per_epoch * config["epochs"]
+    stop_after = max(1, round(config.get("stop_at", 1.0) * planned)) if planned else None
+    val_steps = sorted({max(1, round(stop_after * i / config.get("val_points", 10)))
+                        for i in range(1, config.get("val_points", 10) + 1)}) if val_loader and stop_after else []
+    epoch_curve: list[list] = []
+
+    def on_step(step, model_):
+        if step in val_steps:
+            epoch_curve.append([step, evaluate_accuracy(model_, val_loader)])
+    precision = autocast_dtype(config.get("precision", "float32"), dev)
 
     def save_state(epoch_done, model_, optimizer, log):
+        log["val_curve"] = list(epoch_curve)
+        epoch_curve.clear()
         history.append(log)
-        logs = ", ".join(f"{k} {v:.4g}" for k, v in log.items() if k not in ("epoch", "seconds", "batches"))
+        logs = ", ".join(f"{k} {v:.4g}" for k, v in log.items() if k not in ("epoch", "seconds", "batches", "val_curve"))
         print(f"{name} epoch {epoch_done}/{config['epochs']}: {log['batches']} batches in {log['seconds']:.1f} s; "
               f"{logs}", file=sys.stderr)
         ckpt.save_partial(partial_path, model=model_, optimizer=optimizer, epoch=epoch_done,
                           config=fingerprint, history=history)
 
     print(f"training {name}: recipe {config['recipe']} {config['options']}, {config['arch']} on "
-          f"{dcfg['dataset']} ({len(train_idx)} images), {config['epochs']} epochs, device {dev}", file=sys.stderr)
+          f"{dcfg['dataset']} ({len(train_idx)} images, {len(val_idx)} held out for validation), "
+          f"{config['epochs']} epochs (stop after {stop_after} of {planned} batches), device {dev}, "
+          f"precision {str(precision).replace('torch.', '')} (CPU bf16 features: "
+          f"{', '.join(sorted(cpu_features())) or 'none'})", file=sys.stderr)
     fit(model, train_loader, recipe=config["recipe"], options=config["options"], epochs=config["epochs"],
         lr=config["lr"], optimizer=config["optimizer"], start_epoch=start_epoch, optimizer_state=optimizer_state,
-        max_batches=config["max_batches"], seed=seed, on_epoch_end=save_state, progress=progress)
+        max_batches=config["max_batches"], seed=seed, on_epoch_end=save_state, progress=progress,
+        schedule=config.get("schedule", "constant"), stop_after=stop_after, autocast=precision, on_step=on_step)
     accuracy = evaluate_accuracy(model, test_loader)
     seconds = [float(h["seconds"]) for h in history]
     hyper = {k: config[k] for k in GENERIC_KEYS if k in config}
@@ -288,6 +344,7 @@ def run(config: dict, *, checkpoints="data/checkpoints", record=None, device="au
         "batches_per_epoch": history[-1]["batches"] if history else None, "resumed_from_epoch": resumed_from,
         "device": str(dev), "version": __version__, "torch_version": torch.__version__,
         "checkpoint": str(final_path), "init_sha256": init_sha,
+        **_budget_fields(config, history, planned, precision),
     }
     meta = {k: rec[k] for k in ("name", "recipe", "init", "dataset", "seed", "epochs", "hyperparameters",
                                 "test_accuracy", "version")}

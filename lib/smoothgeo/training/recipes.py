@@ -41,7 +41,7 @@ from smoothgeo.core.geometry import evaluating, lambda_max_penalty
 __all__ = [
     "natural_loss", "weight_decay_loss", "madry_loss", "ig_norm_loss", "ssr_loss", "RECIPES", "OPTIONS",
     "check_options", "pgd_linf", "ig_of_loss", "fit", "evaluate_accuracy", "make_optimizer", "epoch_seed",
-    "OPTIMIZERS", "TOP_CLASSES", "RITZ_VECTORS",
+    "OPTIMIZERS", "TOP_CLASSES", "RITZ_VECTORS", "SCHEDULES", "lr_at",
 ]
 
 
@@ -262,11 +262,39 @@ def _device_of(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
+SCHEDULES = ("constant", "onecycle")
+
+
+def lr_at(step: int, total: int, lr: float, schedule: str = "constant") -> float:
+    """The learning rate of batch ``step`` (0-based) of ``total``: ``constant``, or ``onecycle``.
+
+    ``onecycle`` (Smith & Topin 2019, the shape of ``torch.optim.lr_scheduler.OneCycleLR`` with its defaults):
+    cosine warm-up from ``lr / 25`` to ``lr`` over the first 30 % of the batches, then cosine annealing to
+    ``lr / 25e4``. A closed form of the step, so a resumed run (and a run stopped early at ``stop_at``, the
+    matched-accuracy snapshots) follows exactly the schedule of the uninterrupted full run.
+    """
+    if schedule == "constant":
+        return lr
+    if schedule != "onecycle":
+        raise ValueError(f"schedule {schedule!r} is not valid; allowed: {', '.join(SCHEDULES)}")
+    warm = max(1, int(0.3 * total))
+    start, end = lr / 25.0, lr / 25.0 / 1e4
+    if step < warm:
+        t = step / warm
+        return start + (lr - start) * (1 - math.cos(math.pi * t)) / 2
+    t = min(1.0, (step - warm) / max(1, total - warm))
+    return end + (lr - end) * (1 + math.cos(math.pi * t)) / 2
+
+
 def fit(model: nn.Module, train_loader, *, recipe: str, epochs: int, lr: float,
         optimizer: str | torch.optim.Optimizer = "adam", options: dict | None = None, start_epoch: int = 0,
         optimizer_state: dict | None = None, max_batches: int | None = None, seed: int | None = None,
-        on_epoch_end: Callable | None = None, progress: bool = True, desc: str | None = None) -> list[dict]:
+        on_epoch_end: Callable | None = None, progress: bool = True, desc: str | None = None,
+        schedule: str = "constant", stop_after: int | None = None, autocast: torch.dtype = torch.float32,
+        on_step: Callable | None = None) -> list[dict]:
     """Train ``model`` with ``recipe`` for epochs ``start_epoch .. epochs - 1``.
+
+    (Over 60 lines: the one training loop, kept in one piece so every recipe runs exactly the same steps.)
 
     Args:
         model: trained in place, on the device of its parameters (batches are moved there).
@@ -283,6 +311,13 @@ def fit(model: nn.Module, train_loader, *, recipe: str, epochs: int, lr: float,
         on_epoch_end: ``callback(epoch_done, model, optimizer, log)`` after each epoch; ``epoch_done`` counts
             finished epochs (1-based), ``log`` is that epoch's entry of the returned history.
         progress: show a tqdm bar per epoch.
+        schedule: learning-rate schedule over the whole budget (``epochs`` x batches per epoch), see :func:`lr_at`.
+        stop_after: stop after this many batches in all (None: the whole budget); the schedule still spans the
+            whole budget, so the result equals the full run's model at that batch (an early-stopped snapshot).
+        autocast: ``torch.bfloat16`` runs the recipe's forward and backward passes under autocast (see
+            :func:`smoothgeo.core.device.autocast_dtype`); float32 (default) runs without it.
+        on_step: ``callback(step_done, model)`` after every batch (``step_done`` counts batches, 1-based, over
+            all epochs), e.g. to measure validation accuracy along training.
     Returns:
         One dict per epoch run: ``epoch`` (1-based), ``seconds``, ``batches`` and the mean of the recipe's logs.
     """
@@ -298,8 +333,16 @@ def fit(model: nn.Module, train_loader, *, recipe: str, epochs: int, lr: float,
     opt = make_optimizer(optimizer, model.parameters(), lr=lr) if isinstance(optimizer, str) else optimizer
     if optimizer_state is not None:
         opt.load_state_dict(optimizer_state)
+    per_epoch = len(train_loader) if hasattr(train_loader, "__len__") else (max_batches or 0)
+    if max_batches is not None:
+        per_epoch = min(per_epoch, max_batches)
+    total_steps = max(1, per_epoch * epochs)
+    use_autocast = autocast != torch.float32
+    step = start_epoch * per_epoch
     history = []
     for epoch in range(start_epoch, epochs):
+        if stop_after is not None and step >= stop_after:
+            break
         if seed is not None:
             torch.manual_seed(epoch_seed(seed, epoch))
         model.train()
@@ -314,8 +357,14 @@ def fit(model: nn.Module, train_loader, *, recipe: str, epochs: int, lr: float,
         for x, y in train_loader:
             if max_batches is not None and n_batches >= max_batches:
                 break
+            if stop_after is not None and step >= stop_after:
+                break
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, total_steps, lr, schedule)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss, logs = loss_fn(model, x, y, **options)
+            with torch.autocast(device.type, dtype=autocast, enabled=use_autocast):
+                loss, logs = loss_fn(model, x, y, **options)
+            loss = loss.float()
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{recipe} loss became {loss.item()} at epoch {epoch + 1}, batch "
                                          f"{n_batches + 1}; lower lr or the regularisation strength")
@@ -326,6 +375,9 @@ def fit(model: nn.Module, train_loader, *, recipe: str, epochs: int, lr: float,
             for k, v in logs.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
             n_batches += 1
+            step += 1
+            if on_step is not None:
+                on_step(step, model)
             bar.update(1)
             bar.set_postfix({k: f"{v / n_batches:.4g}" for k, v in sums.items()}, refresh=False)
         bar.close()
