@@ -3,7 +3,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from smoothgeo.core.geometry import (ce_hessian_lambda_max, gradient_lipschitz, hessian_max_eig, is_piecewise_linear,
+from smoothgeo.core.lipschitz import gradient_lipschitz
+from smoothgeo.core.geometry import (ce_hessian_lambda_max, hessian_max_eig, is_piecewise_linear,
                                 logit_jacobian)
 from smoothgeo.core.models import MLP, FashionCNN, ResNet20, softplus_copy
 

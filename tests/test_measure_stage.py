@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from smoothgeo.core import geometry
+from smoothgeo.core import geometry, lipschitz
 from smoothgeo.analysis import stats
 
 
@@ -78,25 +78,25 @@ def test_relative_curvature_known_value_on_a_linear_model():
 def test_lipschitz_measures_scale_invariance_and_own_seed():
     model, x = tiny_net(), images(4)
     kw = dict(epsilon=0.1, samples=3, seed=5)
-    a = geometry.lipschitz_measures(model, x, **kw)
-    b = geometry.lipschitz_measures(scaled(model, 4.0), x, **kw)
+    a = lipschitz.lipschitz_measures(model, x, **kw)
+    b = lipschitz.lipschitz_measures(scaled(model, 4.0), x, **kw)
     torch.testing.assert_close(b["gradient"], 4.0 * a["gradient"])
     torch.testing.assert_close(b["relative_gradient"], a["relative_gradient"])
     torch.testing.assert_close(b["map"], a["map"])
-    again = geometry.lipschitz_measures(model, x, **kw)
+    again = lipschitz.lipschitz_measures(model, x, **kw)
     torch.testing.assert_close(again["gradient"], a["gradient"])
-    other = geometry.lipschitz_measures(model, x, epsilon=0.1, samples=3, seed=6)
+    other = lipschitz.lipschitz_measures(model, x, epsilon=0.1, samples=3, seed=6)
     assert not torch.allclose(other["map"], a["map"])
     # the random ratio agrees with the existing estimator on the same neighbours
-    ref = geometry.gradient_lipschitz(model, x, epsilon=0.1, samples=3, seed=5)
+    ref = lipschitz.gradient_lipschitz(model, x, epsilon=0.1, samples=3, seed=5)
     torch.testing.assert_close(a["gradient"], ref)
-    adv = geometry.lipschitz_measures(model, x, neighbours="adversarial", steps=2, **kw)
+    adv = lipschitz.lipschitz_measures(model, x, neighbours="adversarial", steps=2, **kw)
     assert (adv["gradient"] >= a["gradient"] - 1e-12).all()
 
 
 def test_lipschitz_of_a_linear_model_gradient_is_zero():
     model = nn.Sequential(nn.Flatten(), nn.Linear(36, 3)).double()
-    out = geometry.lipschitz_measures(model, images(3), epsilon=0.05, samples=2, seed=0,
+    out = lipschitz.lipschitz_measures(model, images(3), epsilon=0.05, samples=2, seed=0,
                                       neighbours="adversarial", steps=2)
     assert torch.all(out["gradient"] == 0) and torch.all(out["relative_gradient"] == 0)
 
@@ -105,17 +105,17 @@ def test_bound_test_columns_and_invariance():
     model, x = tiny_net(), images(5)
     g = torch.Generator().manual_seed(3)
     x_adv = (x + 0.05 * (2 * torch.rand(x.shape, generator=g, dtype=x.dtype) - 1)).clamp(0, 1)
-    lip = geometry.lipschitz_measures(model, x, epsilon=0.05, samples=4, seed=11)
-    out = geometry.bound_test(model, x, x_adv, lip["gradient"], map_lipschitz=lip["map"])
+    lip = lipschitz.lipschitz_measures(model, x, epsilon=0.05, samples=4, seed=11)
+    out = lipschitz.bound_test(model, x, x_adv, lip["gradient"], map_lipschitz=lip["map"])
     torch.testing.assert_close(out["predicted_grad_change"], lip["gradient"] * out["delta_norm"])
     assert torch.equal(out["within_bound"], (out["grad_change"] <= out["predicted_grad_change"] * (1 + 1e-6)).double())
-    s = geometry.bound_test(scaled(model, 3.0), x, x_adv, 3.0 * lip["gradient"])
+    s = lipschitz.bound_test(scaled(model, 3.0), x, x_adv, 3.0 * lip["gradient"])
     torch.testing.assert_close(s["relative_grad_change"], out["relative_grad_change"])
     torch.testing.assert_close(s["map_change"], out["map_change"])
-    zero = geometry.bound_test(model, x, x, lip["gradient"])
+    zero = lipschitz.bound_test(model, x, x, lip["gradient"])
     assert torch.all(zero["grad_change"] == 0) and torch.all(zero["within_bound"] == 1)
     with pytest.raises(ValueError, match="shape"):
-        geometry.bound_test(model, x, x[:2], lip["gradient"])
+        lipschitz.bound_test(model, x, x[:2], lip["gradient"])
 
 
 def test_bound_summary_rank_and_coverage():

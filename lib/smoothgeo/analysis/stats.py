@@ -523,7 +523,7 @@ def matched_cost(points: pd.DataFrame, family_a: str, family_b: str, *, rng: np.
 def bound_summary(frame: pd.DataFrame, *, rng: np.random.Generator, predicted: str = "predicted_grad_change",
                   realised: str = "grad_change", within: str = "within_bound", n_boot: int = 1000,
                   n_perm: int = 1000, seed_col: str = "seed", image_col: str = "image") -> dict[str, BootResult]:
-    """Summarise :func:`smoothgeo.core.geometry.bound_test` rows (one per attacked image, seeds as ``seed_col``).
+    """Summarise :func:`smoothgeo.core.lipschitz.bound_test` rows (one per attacked image, seeds as ``seed_col``).
 
     Returns ``{"coverage": share of images whose realised change is within L * ||delta|| (hierarchical
     bootstrap interval; its p-value tests coverage = 0 and is not meaningful), "rank": within-model Spearman of

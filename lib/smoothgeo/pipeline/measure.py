@@ -24,7 +24,7 @@ The ``measures`` section of params.yaml (every key optional; defaults shown)::
                                     # gradient norms take 3 backward passes, and lambda_max the power route
       logit_scale: 5.0              # s of lambda_max_fixed_scale (geometry.logit_geometry)
       convention: grad_times_input  # map convention of the map-Lipschitz ratio and the bound test
-      lipschitz:                    # geometry.lipschitz_measures; own seed, independent of the attacks
+      lipschitz:                    # lipschitz.lipschitz_measures; own seed, independent of the attacks
         epsilon: 0.1
         samples: 8                  # random neighbours per image
         adversarial_samples: 2      # of those, how many start a PGD climb (cost ~ samples x steps)
@@ -34,7 +34,10 @@ The ``measures`` section of params.yaml (every key optional; defaults shown)::
         seed: 1001
       bound_setting: null           # attack-record setting id for the bound test, e.g. the SM top-k attack at
                                     # the default epsilon; null = no bound test
-      bound_lipschitz: adversarial  # which estimate predicts the change: random | adversarial
+      bound_lipschitz: matched      # which estimate predicts the change: random | adversarial (both in the
+                                    # L-inf ball of lipschitz.epsilon) | matched (random sign directions at each
+                                    # image's own attack ||delta||, core.lipschitz.lipschitz_at_radius)
+      k: 100                        # top-k of the bound test's top-k change (the attacks' k)
 
 Columns: model, image, label, prediction, correct, clean_conf, logit_margin, logit_norm, lambda_max,
 grad_logit_norm, grad_loss_norm, margin_grad_norm, relative_curvature, lambda_max_fixed_scale,
@@ -68,7 +71,7 @@ MEASURE_DEFAULTS = {
     "convention": "grad_times_input",
     "lipschitz": {"epsilon": 0.1, "samples": 8, "adversarial_samples": 2, "steps": 10, "step_size": None,
                   "beta": 10.0, "seed": 1001},
-    "bound_setting": None, "bound_lipschitz": "adversarial",
+    "bound_setting": None, "bound_lipschitz": "adversarial", "k": 100,
 }
 
 
@@ -118,8 +121,9 @@ def measure_config(params: dict) -> dict:
                          f"got {cfg['hessian_method']!r}")
     if cfg["convention"] not in ("grad_times_input", "abs"):
         raise ValueError(f"params 'measures.convention' must be grad_times_input or abs, got {cfg['convention']!r}")
-    if cfg["bound_lipschitz"] not in ("random", "adversarial"):
-        raise ValueError(f"params 'measures.bound_lipschitz' must be random or adversarial, "
+    positive_int("k", cfg["k"])
+    if cfg["bound_lipschitz"] not in ("random", "adversarial", "matched"):
+        raise ValueError(f"params 'measures.bound_lipschitz' must be random, adversarial or matched, "
                          f"got {cfg['bound_lipschitz']!r}")
     if cfg["bound_setting"] is not None and not isinstance(cfg["bound_setting"], str):
         raise ValueError(f"params 'measures.bound_setting' must be null or a setting id string, "
@@ -165,7 +169,7 @@ def _cpu(t) -> np.ndarray:
 
 def measure(model, x, y, *, cfg: dict, record: dict | None = None, name: str = "") -> pd.DataFrame:
     """The per-image measures of ``model`` on (x, y) as a frame (see the module doc for the columns)."""
-    from smoothgeo.core import geometry
+    from smoothgeo.core import geometry, lipschitz
 
     lip = cfg["lipschitz"]
     n, bs = x.shape[0], cfg["batch_size"]
@@ -178,8 +182,8 @@ def measure(model, x, y, *, cfg: dict, record: dict | None = None, name: str = "
         geo = gradient_geometry(model, x, y, lambda_max=lam, chunk_size=bs)
     kw = dict(epsilon=lip["epsilon"], steps=lip["steps"], step_size=lip["step_size"], beta=lip["beta"],
               seed=lip["seed"], convention=cfg["convention"], chunk_size=bs)
-    rand = geometry.lipschitz_measures(model, x, neighbours="random", samples=lip["samples"], **kw)
-    adv = geometry.lipschitz_measures(model, x, neighbours="adversarial", samples=lip["adversarial_samples"], **kw)
+    rand = lipschitz.lipschitz_measures(model, x, neighbours="random", samples=lip["samples"], **kw)
+    adv = lipschitz.lipschitz_measures(model, x, neighbours="adversarial", samples=lip["adversarial_samples"], **kw)
     # the climbs start from the first random neighbours (same seed); keep the larger, so adversarial >= random
     lips = {"random": rand, "adversarial": {k: torch.maximum(adv[k], rand[k]) for k in rand}}
     frame = pd.DataFrame({"model": name, "image": np.arange(n), "label": _cpu(y).astype(int)})
@@ -195,7 +199,7 @@ def measure(model, x, y, *, cfg: dict, record: dict | None = None, name: str = "
         frame[f"lipschitz_{kind}_relative"] = _cpu(out["relative_gradient"])
         frame[f"lipschitz_{kind}_map"] = _cpu(out["map"])
     if record is not None:
-        frame = _add_bound(frame, model, x, record, lips[cfg["bound_lipschitz"]], cfg)
+        frame = _add_bound(frame, model, x, record, lips.get(cfg["bound_lipschitz"]), cfg)
     return frame
 
 
@@ -208,14 +212,14 @@ def gradient_geometry(model, x, y, *, lambda_max, chunk_size: int) -> dict:
     """
     import torch.nn.functional as F
 
-    from smoothgeo.core.geometry import _top2, evaluating
+    from smoothgeo.core.geometry import evaluating, top_two
 
     parts = []
     with evaluating(model):
         for s in range(0, x.shape[0], chunk_size):
             xs = x[s:s + chunk_size].detach().clone().requires_grad_(True)
             logits = model(xs)
-            c, r = _top2(logits.detach())
+            c, r = top_two(logits.detach())
             rows = torch.arange(xs.shape[0], device=xs.device)
             g_c, = torch.autograd.grad(logits[rows, c].sum(), xs, retain_graph=True)
             g_r, = torch.autograd.grad(logits[rows, r].sum(), xs, retain_graph=True)
@@ -236,7 +240,7 @@ def gradient_geometry(model, x, y, *, lambda_max, chunk_size: int) -> dict:
 
 
 def _add_bound(frame, model, x, record, lip, cfg) -> pd.DataFrame:
-    from smoothgeo.core.geometry import bound_test
+    from smoothgeo.core.lipschitz import bound_test, lipschitz_at_radius
 
     idx = torch.as_tensor(record["image"]).long().cpu()
     if idx.numel() and (idx.min() < 0 or idx.max() >= x.shape[0]):
@@ -248,8 +252,15 @@ def _add_bound(frame, model, x, record, lip, cfg) -> pd.DataFrame:
                          f"x {idx.numel()} indices; re-run the attack stage")
     dev_idx = idx.to(x.device)
     clean = x[dev_idx]
-    out = bound_test(model, clean, x_adv, lip["gradient"][dev_idx], map_lipschitz=lip["map"][dev_idx],
-                     convention=cfg["convention"])
+    if cfg["bound_lipschitz"] == "matched":  # L at each image's own ||delta||, on independent sign directions
+        radius = (x_adv - clean).flatten(1).norm(dim=1)
+        lm = lipschitz_at_radius(model, clean, radius, samples=cfg["lipschitz"]["samples"],
+                                 seed=cfg["lipschitz"]["seed"] + 1, convention=cfg["convention"])
+        lip_grad, lip_map = lm["gradient"], lm["map"]
+    else:
+        lip_grad, lip_map = lip["gradient"][dev_idx], lip["map"][dev_idx]
+    out = bound_test(model, clean, x_adv, lip_grad, map_lipschitz=lip_map, convention=cfg["convention"],
+                     k=cfg["k"])
     names = ["delta_norm", "linf", *[k for k in out if k != "delta_norm"]]
     cols = {f"bound_{k}": np.full(len(frame), np.nan) for k in names}
     moved = _cpu(out["delta_norm"]) > 0          # an unperturbed image (x_adv == x) tests nothing: left NaN
