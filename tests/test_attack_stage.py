@@ -13,8 +13,11 @@ import yaml
 from smoothgeo.pipeline import attack as st
 from smoothgeo.pipeline import attack_config
 from smoothgeo.core import attacks
+from smoothgeo.core.evaluation import evaluate, make_setting
 from smoothgeo.data import images as experiments
 from smoothgeo.store.checkpoints import save_checkpoint
+from smoothgeo.store.names import parse_model_name, setting_id
+from smoothgeo.store.tables import read_table, read_table_text, table_text
 from smoothgeo.core.models import build_model
 from smoothgeo.core.targets import pick_targets, target_distance, target_maps
 
@@ -72,9 +75,10 @@ def test_outputs_load_and_have_one_row_per_image_setting_and_method(stage):
     records = torch.load(d / "records" / "natural-s0.pt", weights_only=True)
     ids = ["SM-topk-eps0.05", "SM-topk-eps0.1", "IG-random-eps0.1", "SM-targeted-eps0.1"]
     assert list(records) == ids  # SM-mass applies to ssr* only
-    table = st.load_table(d / "tables" / "natural-s0.csv.gz")
+    table = read_table(d / "tables" / "natural-s0.csv.gz")
     assert list(table.columns) == st.COLUMNS
-    pd.testing.assert_frame_equal(table, st._read_csv_text(st._csv_text(table)), check_exact=True)
+    pd.testing.assert_frame_equal(table, read_table_text(table_text(table)), check_exact=True)
+    pd.testing.assert_frame_equal(table, st.load_table(d / "tables" / "natural-s0.csv.gz"), check_exact=True)
     assert len(table) == N * len(ids) * 3
     assert (table.groupby(["setting", "image"]).size() == 3).all()
     assert list(table.evaluated_method[:3]) == ["SM", "IG", "SG"]
@@ -114,7 +118,7 @@ def test_same_inputs_give_identical_table(stage):
 
 def test_resume_after_interruption_skips_finished_settings(stage, monkeypatch):
     _, ref = stage(out="ref")
-    real = st._run_setting
+    real = st.run_setting
     done = []
 
     def interrupted(*a, **kw):
@@ -123,7 +127,7 @@ def test_resume_after_interruption_skips_finished_settings(stage, monkeypatch):
         done.append(a[3]["id"])
         return real(*a, **kw)
 
-    monkeypatch.setattr(st, "_run_setting", interrupted)
+    monkeypatch.setattr(st, "run_setting", interrupted)
     with pytest.raises(KeyboardInterrupt):
         stage(out="run")
     parts = stage.tmp / "run" / "partials" / "natural-s0"
@@ -131,7 +135,7 @@ def test_resume_after_interruption_skips_finished_settings(stage, monkeypatch):
     assert not (stage.tmp / "run" / "tables").exists()
 
     again = []
-    monkeypatch.setattr(st, "_run_setting", lambda *a, **kw: again.append(a[3]["id"]) or real(*a, **kw))
+    monkeypatch.setattr(st, "run_setting", lambda *a, **kw: again.append(a[3]["id"]) or real(*a, **kw))
     rec, d = stage(out="run")
     assert again == ["IG-random-eps0.1", "SM-targeted-eps0.1"]
     assert rec["resumed"] == ["SM-topk-eps0.05", "SM-topk-eps0.1"]
@@ -143,20 +147,20 @@ def test_resume_after_interruption_skips_finished_settings(stage, monkeypatch):
 
 
 def test_partial_from_other_settings_is_discarded_with_a_message(stage, monkeypatch):
-    real = st._run_setting
+    real = st.run_setting
 
     def stop(*a, **kw):
         if a[3]["id"] == "IG-random-eps0.1":
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(st, "_run_setting", lambda *a, **kw: stop(*a) or real(*a, **kw))
+    monkeypatch.setattr(st, "run_setting", lambda *a, **kw: stop(*a) or real(*a, **kw))
     with pytest.raises(KeyboardInterrupt):
         stage(out="run")
     params = _params()
     params["attacks"]["defaults"]["steps"] = 3  # changes SM-topk's configuration
     params["attacks"]["settings"].pop("SM-targeted")
     messages, calls = [], []
-    monkeypatch.setattr(st, "_run_setting", lambda *a, **kw: calls.append(a[3]["id"]) or real(*a, **kw))
+    monkeypatch.setattr(st, "run_setting", lambda *a, **kw: calls.append(a[3]["id"]) or real(*a, **kw))
     stage(params, out="run", log=messages.append)
     assert calls == ["SM-topk-eps0.05", "SM-topk-eps0.1", "IG-random-eps0.1"]
     assert sum("discarding partial" in m and "other settings" in m for m in messages) == 2
@@ -194,8 +198,37 @@ def test_settings_resolve_per_model():
                                              "direction": None}
     sg = st.resolve_settings(params, "x")[-1]
     assert sg["method_options"] == {"noise_level": 0.1, "samples": 50} and sg["direction_options"] is None
-    assert st.parse_model_name("natural-s0+softplus3") == ("natural-s0", 3.0)
-    assert st.parse_model_name("natural-s0") == ("natural-s0", None)
+    assert parse_model_name("natural-s0+softplus3") == ("natural-s0", 3.0)
+    assert parse_model_name("natural-s0") == ("natural-s0", None)
+    assert st.parse_model_name is parse_model_name  # the stage re-exports the store's
+    assert all(x["id"] == setting_id(x["name"], x["epsilon"]) for x in st.resolve_settings(params, "natural-s1"))
+    assert setting_id("SM-topk", 0.0314) == "SM-topk-eps0.0314" and setting_id("a", 1e-5) == "a-eps1e-05"
+
+
+def test_make_setting_matches_resolve_settings():
+    """make_setting's defaults are the stage's built-in ones: a bare setting resolves to the same dict."""
+    params = {"attacks": {"n_images": 1, "settings": {"SM-topk": {"method": "SM", "kind": "topk"}}}}
+    assert st.resolve_settings(params, "m") == [make_setting(name="SM-topk")]
+    full = st.resolve_settings(_params(), "natural-s0")
+    assert all(set(s) == set(make_setting()) for s in full)
+
+
+def test_evaluate_gives_the_stage_rows(stage):
+    """One engine: evaluate() with a setting's configuration gives the rows the attack stage wrote for it."""
+    _, d = stage()
+    table = read_table(d / "tables" / "natural-s0.csv.gz")
+    model = st.load_model("natural-s0", checkpoints=stage.tmp / "ckpt")
+    params = _params()
+    common = dict(evaluated_methods=["SM", "IG", "SG"], step_size=0.02, steps=2, k=10, restarts=1,
+                  on_reject="revert", surrogates=[10.0], method_options=params["methods"],
+                  direction_options={"IG": {"steps": 2}}, model_name="natural-s0", progress=False)
+    rows = pd.concat([evaluate(model, stage.x, stage.y, attacked_methods="SM", kinds=["topk"],
+                               epsilons=[0.05, 0.1], **common),
+                      evaluate(model, stage.x, stage.y, attacked_methods="IG", kinds=["random"],
+                               **{**common, "steps": 3}),
+                      evaluate(model, stage.x, stage.y, attacked_methods="SM", kinds=["targeted"], **common)],
+                     ignore_index=True)
+    pd.testing.assert_frame_equal(rows, table, check_exact=True)
 
 
 @pytest.mark.parametrize("path, value, match", [
@@ -225,7 +258,7 @@ def test_bad_config_raises_one_line_error(path, value, match):
 def test_docstring_example_is_valid():
     text = attack_config.__doc__.split("complete example::")[1].split("\n\n")[1]
     params = {"methods": {"SG": {"noise_level": 0.1, "samples": 20}}, **yaml.safe_load(text)}
-    if "backtrack" not in st._on_reject_values():  # attacks.py before the non-stalling policy landed
+    if "backtrack" not in attacks.ON_REJECT:  # attacks.py before the non-stalling policy landed
         params["attacks"]["defaults"]["on_reject"] = "revert"
     if "stall_window" not in inspect.signature(attacks.attack).parameters:
         params["attacks"]["defaults"].pop("stall_window")
@@ -253,7 +286,9 @@ def test_optional_attack_options_are_checked_against_attack():
 
 def test_bad_model_name_and_missing_section():
     with pytest.raises(ValueError, match=r"model name 'a\+softplusx' is invalid"):
-        st.parse_model_name("a+softplusx")
+        parse_model_name("a+softplusx")
+    with pytest.raises(ValueError, match=r"model name '\+softplus3' is invalid"):
+        parse_model_name("+softplus3")
     with pytest.raises(ValueError, match=r"attacks=None is invalid"):
         st.check_params({})
 

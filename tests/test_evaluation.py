@@ -1,5 +1,6 @@
 """Tests of the evaluation engine, noise floors and summaries (smoothgeo.core.evaluation): CPU, seconds."""
-import json
+import ast
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -7,7 +8,9 @@ import torch
 from torch import nn
 
 import smoothgeo.core.evaluation as ev
-from smoothgeo.core.evaluation import COLUMNS, METRIC_COLUMNS, evaluate, noise_floor, summarise
+from smoothgeo.core.evaluation import (COLUMNS, METRIC_COLUMNS, SETTING_DEFAULTS, evaluate, make_setting,
+                                       noise_floor, run_setting, summarise)
+from smoothgeo.store.names import setting_id
 
 SIZE, CLASSES, N = 10, 3, 5
 OPTS = {"IG": {"steps": 4}, "SG": {"samples": 4}, "UG": {"samples": 4, "radius": 0.1}}
@@ -40,6 +43,9 @@ def test_columns_and_one_row_per_combination(setup, full):
     keys = ["image", "kind", "epsilon", "attacked_method", "evaluated_method"]
     assert (full.groupby(keys).size() == 1).all()
     assert set(full.evaluated_method) == {"SM", "UG"} and set(full.attacked_method) == {"SM"}
+    assert set(full.setting) == {setting_id(f"SM-{k}", e) for k in ("topk", "random") for e in (0.05, 0.1)}
+    assert (full.model == "model").all() and full.target_distance.isna().all()
+    assert (full[full.kind == "topk"].beta == 10.0).all() and full[full.kind == "random"].beta.isna().all()
     assert (full.linf <= full.epsilon + 1e-6).all() and full.label_kept.all()
     mis = full[full.image == 0]
     assert not mis.attacked.any() and (mis.linf == 0).all()
@@ -47,48 +53,70 @@ def test_columns_and_one_row_per_combination(setup, full):
     assert (sm.topk == 1).all() and (sm.kendall == 1).all()
     att = full[full.attacked & (full.kind == "topk") & (full.evaluated_method == "SM")]
     assert (att.topk < 1).any() and full.clean_conf.between(0, 1).all() and full.adv_conf.between(0, 1).all()
+    units = list(dict.fromkeys(full.setting))  # rows by unit (in the given orders), image, evaluated method
+    assert units == [setting_id(f"SM-{k}", e) for k in ("topk", "random") for e in (0.05, 0.1)]
+    assert list(full.evaluated_method[:4]) == ["SM", "UG", "SM", "UG"] and list(full.image[:4]) == [0, 0, 1, 1]
 
 
-def test_resume_skips_finished_units_and_gives_same_frame(setup, full, tmp_path, monkeypatch):
+def _unit(kind, epsilon, **over):
+    """The setting evaluate() builds for one unit of SETTINGS."""
+    return make_setting(method="SM", kind=kind, epsilon=epsilon, step_size=0.02, steps=3, k=10,
+                        on_reject="backtrack", surrogates=[None] if kind == "random" else [10.0],
+                        extra={"stall_window": 5, "select": "kendall"}, evaluated_methods=["SM", "UG"],
+                        evaluated_options=OPTS, **over)
+
+
+def test_evaluate_is_run_setting_per_unit(setup, full):
+    """evaluate() is a thin loop: each unit alone through run_setting (fresh map cache) gives the same rows."""
     model, x, y = setup
-    path = tmp_path / "partial.csv"
-    evaluate(model, x, y, **{**SETTINGS, "kinds": ["topk"]}, partial_path=path)  # "interrupted" after topk
-    written = pd.read_csv(path)
-    assert set(written.kind) == {"topk"} and "config_hash" in written.columns
-    assert json.loads((tmp_path / "partial.csv.config.json").read_text())["steps"] == SETTINGS["steps"]
-
-    calls = []
-    real_attack = ev.attack
-    monkeypatch.setattr(ev, "attack", lambda *a, **kw: calls.append(kw["kind"]) or real_attack(*a, **kw))
-    resumed = evaluate(model, x, y, **SETTINGS, partial_path=path)
-    assert calls == ["random", "random"]  # the two topk units came from the file
-    pd.testing.assert_frame_equal(resumed, full, check_exact=True)
-    calls.clear()
-    pd.testing.assert_frame_equal(evaluate(model, x, y, **SETTINGS, partial_path=path), full, check_exact=True)
-    assert calls == []
+    record, rows = run_setting(model, x, y, _unit("topk", 0.1), model_name="model", seed=0, batch_size=None,
+                               clean_maps={})
+    expected = full[full.setting == "SM-topk-eps0.1"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(rows, expected, check_exact=True)
+    assert torch.equal(record["image"], torch.arange(N)) and torch.equal(record["label"], y)
+    assert (record["x_adv"] - x).abs().amax() <= 0.1 + 1e-6 and torch.equal(record["beta"], torch.full((N,), 10.0))
+    # batches and an offset (a shard of the evaluation set) change the image column, not the engine
+    _, shard = run_setting(model, x[2:], y[2:], _unit("random", 0.05), model_name="m", seed=0, batch_size=2,
+                           clean_maps={}, offset=2)
+    assert list(shard.image.unique()) == [2, 3, 4] and (shard.model == "m").all()
 
 
-def test_changed_configuration_is_not_mixed(setup, tmp_path):
-    model, x, y = setup
-    path = tmp_path / "partial.csv"
-    evaluate(model, x, y, **{**SETTINGS, "kinds": ["random"], "epsilons": [0.05]}, partial_path=path)
-    with pytest.raises(ValueError, match=r"different configuration \(differs in: steps\)"):
-        evaluate(model, x, y, **{**SETTINGS, "steps": 4}, partial_path=path)
-    # the pipeline's choice: warn, start over, overwrite the stale file; the result is a fresh run's
-    changed = {**SETTINGS, "kinds": ["random"], "epsilons": [0.05], "steps": 4}
-    with pytest.warns(UserWarning, match="different configuration.*starting over"):
-        restarted = evaluate(model, x, y, **changed, partial_path=path, on_mismatch="restart")
-    pd.testing.assert_frame_equal(restarted, evaluate(model, x, y, **changed), check_exact=True)
-    assert pd.read_csv(path).config_hash.nunique() == 1  # the stale rows are gone, not mixed in
-    with pytest.raises(ValueError, match="on_mismatch must be 'raise' or 'restart'"):
-        evaluate(model, x, y, **changed, partial_path=path, on_mismatch="ignore")
+def test_make_setting_fills_every_key():
+    s = make_setting()
+    assert s["id"] == setting_id("SM-topk", 0.1) and s["name"] == "SM-topk"
+    assert set(s) == set(SETTING_DEFAULTS) | {"id", "name"}
+    assert s["evaluated_methods"] == ["SM"] and s["evaluated_options"] == {"SM": {}}
+    s = make_setting(method="IG", kind="random", epsilon=0.05, method_options={"steps": 4},
+                     evaluated_methods=["SM", "SG"], evaluated_options={"SG": {"samples": 3}})
+    assert s["id"] == "IG-random-eps0.05" and s["evaluated_methods"] == ["IG", "SM", "SG"]  # attacked one first
+    assert s["evaluated_options"] == {"IG": {"steps": 4}, "SM": {}, "SG": {"samples": 3}}
+    s["surrogates"].append(3.0)
+    s["extra"]["x"] = 1
+    assert SETTING_DEFAULTS["surrogates"] == [10.0] and SETTING_DEFAULTS["extra"] == {}  # defaults not shared
+    assert make_setting(name="mine", epsilon=0.0314)["id"] == "mine-eps0.0314"
+    with pytest.raises(ValueError, match=r"make_setting got keys \['epsilons'\]"):
+        make_setting(epsilons=[0.1])
+    with pytest.raises(ValueError, match="unknown attack kind 'blur'"):
+        make_setting(kind="blur")
+    with pytest.raises(ValueError, match="unknown attribution method 'XX'"):
+        make_setting(evaluated_methods=["XX"])
+
+
+def test_engine_imports_nothing_above_core():
+    """core.evaluation is a pure function of tensors: no store, data, training, analysis or pipeline import."""
+    tree = ast.parse(Path(ev.__file__).read_text())
+    names = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
+    names += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    ours = [m for m in names if m.startswith("smoothgeo")]
+    assert ours and all(m.startswith("smoothgeo.core.") for m in ours), ours
 
 
 def test_noise_floor(setup):
     model, x, y = setup
     floor = noise_floor(model, x, y, methods=["SM", "IG", "SG", "UG"], method_options=OPTS, k=10, seed=0)
     assert list(floor.columns) == COLUMNS and len(floor) == 4 * N
-    assert (floor.kind == "noise_floor").all() and (floor.epsilon == 0).all()
+    assert (floor.kind == "noise_floor").all() and (floor.epsilon == 0).all() and (floor.setting == "noise_floor").all()
+    assert floor.restart.isna().all() and (floor.attacked == (floor.image != 0)).all()
     for m in ("SM", "IG"):
         det = floor[floor.evaluated_method == m]
         assert (det.topk == 1.0).all() and (det.kendall == 1.0).all() and (det.mass_center == 0).all()
@@ -116,6 +144,8 @@ def test_bad_arguments(setup):
         evaluate(model, x, y, **{**SETTINGS, "kinds": ["blur"]})
     with pytest.raises(ValueError, match="method_options / direction_options have keys"):
         evaluate(model, x, y, **{**SETTINGS, "method_options": {"IG ": {}}})
+    with pytest.raises(TypeError, match="partial_path"):  # resuming is the attack stage's job
+        evaluate(model, x, y, **SETTINGS, partial_path="partial.csv")
     with pytest.raises(ValueError, match=r"k must be in \[1, 100\]"):
         noise_floor(model, x, y, methods=["SM"], k=101)
 

@@ -21,8 +21,9 @@ from typing import Iterable
 
 import pandas as pd
 
-from smoothgeo.pipeline.attack import load_table, parse_model_name
 from smoothgeo.store.atomic import read_json
+from smoothgeo.store.names import parse_model_name
+from smoothgeo.store.tables import read_table
 
 __all__ = ["STRENGTH_KEY", "model_table", "load_attacks", "load_measures"]
 
@@ -85,7 +86,7 @@ def _concat(folder: Path, models: Iterable[str] | None, what: str, read=pd.read_
 
 def load_attacks(results: str | Path = "results", models: Iterable[str] | None = None) -> pd.DataFrame:
     """The attack tables of ``models`` (default: every table present), one frame."""
-    frame = _concat(Path(results) / "attacks", models, "attack", read=load_table)
+    frame = _concat(Path(results) / "attacks", models, "attack", read=read_table)
     # the targeted attack's progress relative to where it started: the share of the clean map's distance to the
     # target that is left (1 = the attack did not move the map towards the target, 0 = it reached it). Raw
     # distances are not comparable across models, whose maps differ in how far apart they start.

@@ -243,7 +243,9 @@ def check_params(params: dict) -> dict:
 
 
 def _setting_id(name: str, epsilon: float) -> str:
-    return f"{name}-eps{epsilon:g}"
+    from smoothgeo.store.names import setting_id
+
+    return setting_id(name, epsilon)
 
 
 def _applies(models, model: str) -> bool:

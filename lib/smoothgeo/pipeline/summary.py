@@ -28,13 +28,14 @@ import pandas as pd
 from smoothgeo.analysis import frames as analysis
 from smoothgeo.analysis import claims
 from smoothgeo.store.atomic import atomic_write_text, load_params
+from smoothgeo.store.names import setting_id
 from smoothgeo.analysis.results import load_attacks, load_measures, model_table
 
 __all__ = ["claim_rows", "run_claims", "report_text", "collapsed_dag", "update_readme", "main"]
 
 
 def _setting(attacks: pd.DataFrame, name: str, eps: float) -> str:
-    sid = f"{name}-eps{eps:g}"
+    sid = setting_id(name, eps)
     if sid not in set(attacks.setting):
         raise KeyError(f"attack setting {sid!r} is missing from results/attacks; it is configured in params.yaml "
                        f"`attacks.settings` ({name}) and written by the attack stage")
@@ -187,7 +188,7 @@ def run_claims(params: dict, results: str | Path = "results", *, n_boot: int = 2
         save_table(frame, folder, name)
     defaults = params["attacks"]["defaults"]
     eps = float(defaults["epsilons"][0] if "epsilons" in defaults else defaults["epsilon"])
-    save_metrics(results / "metrics.json", _metrics(table, models, attacks, f"SM-topk-eps{eps:g}"))
+    save_metrics(results / "metrics.json", _metrics(table, models, attacks, setting_id("SM-topk", eps)))
     return table
 
 
