@@ -72,8 +72,8 @@ Design choices (see :func:`attack` for the arguments):
 from __future__ import annotations
 
 import hashlib
+import math
 import numbers
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
@@ -82,6 +82,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from smoothgeo.core.attributions import METHODS, attribute, make_generator, map_of
+from smoothgeo.core.checks import check_images, eval_mode, finite_number, finite_tensor
 from smoothgeo.core.metrics import kendall_tau, mass_center, mass_center_dislocation, topk_intersection
 from smoothgeo.core.models import softplus_copy
 
@@ -102,19 +103,6 @@ def derive_seed(seed: int, *keys) -> int:
     """A 63-bit seed from ``seed`` and any hashable-by-repr keys (stable across runs, unlike ``hash``)."""
     digest = hashlib.sha256(repr((int(seed),) + tuple(keys)).encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
-
-
-@contextmanager
-def eval_mode(*modules: nn.Module):
-    """Put ``modules`` (and all their submodules) in eval mode; restore each submodule's own mode on exit."""
-    saved = [(m, m.training) for module in modules for m in module.modules()]
-    try:
-        for module in modules:
-            module.eval()
-        yield
-    finally:
-        for m, training in saved:
-            m.training = training
 
 
 @dataclass
@@ -215,56 +203,12 @@ SCORES: dict[str, Callable[[Tensor, _Context], Tensor]] = {
 
 
 # ---------------------------------------------------------------------------------------------- validation
-def check_images(x: Tensor, y=None, *, name: str = "x", model: nn.Module | None = None,
-                 num_classes: int | None = None) -> Tensor | None:
-    """Check ``x`` is a finite float (N, C, H, W) batch in [0, 1] and ``y`` one class per image; return ``y`` as long.
-
-    Args:
-        x: the images.
-        y: integer labels (N,) (any integer dtype; returned as int64), or None.
-        name: how error messages call ``x``.
-        model: when given, ``x`` must have the dtype and device of its parameters, and labels must be below
-            its number of classes (the ``out_features`` of its last ``nn.Linear``) unless ``num_classes`` is given.
-        num_classes: labels must lie in ``0 .. num_classes - 1``.
-    Raises:
-        ValueError naming the problem: wrong type/shape/dtype, empty batch, NaN or inf values, values outside
-        [0, 1], labels of the wrong dtype/shape or out of range, a dtype/device mismatch with ``model``.
-    """
-    if not isinstance(x, Tensor) or x.dim() != 4 or not x.is_floating_point():
-        raise ValueError(f"{name} must be a float tensor of images (N, C, H, W), got "
-                         f"{type(x).__name__} with shape {tuple(getattr(x, 'shape', ()))}"
-                         + (f" and dtype {x.dtype}" if isinstance(x, Tensor) else ""))
-    if x.shape[0] == 0:
-        raise ValueError(f"{name} is an empty batch; pass at least one image")
-    finite = torch.isfinite(x)
-    if not bool(finite.all()):
-        bad = (~finite).flatten(1).any(1).nonzero().flatten().tolist()
-        raise ValueError(f"{name} holds NaN or infinite values in {len(bad)} image(s) (indices {bad[:10]}"
-                         f"{' ...' if len(bad) > 10 else ''}); attacks and attributions need finite pixels")
-    lo, hi = float(x.min()), float(x.max())
-    if lo < 0 or hi > 1:
-        raise ValueError(f"{name} must lie in [0, 1] (normalisation belongs inside the model), "
-                         f"got values in [{lo:.4g}, {hi:.4g}]")
-    p = next(model.parameters(), None) if model is not None else None
-    if p is not None and p.is_floating_point() and p.dtype != x.dtype:
-        raise ValueError(f"{name} is {x.dtype} but the model's parameters are {p.dtype}; convert the images "
-                         f"(e.g. {name}.to({p.dtype}))")
-    if p is not None and p.device != x.device:
-        raise ValueError(f"{name} is on {x.device} but the model is on {p.device}; move one of them")
-    if y is None:
-        return None
-    y = torch.as_tensor(y, device=x.device)
-    if y.dim() != 1 or y.shape[0] != x.shape[0] or y.is_floating_point() or y.dtype == torch.bool:
-        raise ValueError(f"y must be integer class labels of shape ({x.shape[0]},), got dtype {y.dtype} and "
-                         f"shape {tuple(y.shape)}")
-    if num_classes is None and model is not None:
-        last = [m for m in model.modules() if isinstance(m, nn.Linear)]
-        num_classes = last[-1].out_features if last else None
-    y_lo, y_hi = int(y.min()), int(y.max())
-    if y_lo < 0 or (num_classes is not None and y_hi >= num_classes):
-        allowed = f"0..{num_classes - 1}" if num_classes is not None else ">= 0"
-        raise ValueError(f"y holds labels in [{y_lo}, {y_hi}]; allowed: {allowed}")
-    return y.long()
+def _integer(value, name: str, allowed: str, lo: int, hi: float = float("inf")) -> None:
+    """ValueError naming ``name`` unless ``value`` is an integer (or an integral float) in [lo, hi]."""
+    ok = (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+          and int(value) == value and lo <= value <= hi)
+    if not ok:
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
 
 
 def _check_settings(*, method, kind, epsilon, step_size, steps, k, beta, restarts, convention, on_reject,
@@ -273,18 +217,15 @@ def _check_settings(*, method, kind, epsilon, step_size, steps, k, beta, restart
         raise ValueError(f"unknown attribution method {method!r}; method must be one of {sorted(METHODS)}")
     if kind not in KINDS:
         raise ValueError(f"unknown attack kind {kind!r}; kind must be one of {list(KINDS)}")
-    if not 0 <= epsilon <= 1:
+    if not 0 <= finite_number(epsilon, "epsilon") <= 1:
         raise ValueError(f"epsilon must be in [0, 1] (L-inf radius in pixel units), got {epsilon}")
-    if not step_size > 0:
+    if not finite_number(step_size, "step_size") > 0:
         raise ValueError(f"step_size must be > 0, got {step_size}")
-    if int(steps) != steps or steps < 0:
-        raise ValueError(f"steps must be an integer >= 0, got {steps}")
-    if int(k) != k or not 1 <= k <= n_pixels:
-        raise ValueError(f"k must be an integer in [1, {n_pixels}] (the number of pixels in a map), got {k}")
-    if beta is not None and not beta > 0:
+    _integer(steps, "steps", "an integer >= 0", 0)
+    _integer(k, "k", f"an integer in [1, {n_pixels}] (the number of pixels in a map)", 1, n_pixels)
+    if beta is not None and not finite_number(beta, "beta (softplus surrogate)") > 0:
         raise ValueError(f"beta (softplus surrogate) must be > 0, or None to use the model itself, got {beta}")
-    if int(restarts) != restarts or restarts < 1:
-        raise ValueError(f"restarts must be an integer >= 1, got {restarts}")
+    _integer(restarts, "restarts", "an integer >= 1", 1)
     if convention not in CONVENTIONS:
         raise ValueError(f"unknown map convention {convention!r}; convention must be one of {list(CONVENTIONS)}")
     if on_reject not in ON_REJECT:
@@ -296,20 +237,20 @@ def _check_settings(*, method, kind, epsilon, step_size, steps, k, beta, restart
             raise ValueError(f"surrogates must be a non-empty sequence of softplus betas (> 0) or None entries, "
                              f"got {surrogates!r}")
         for b in surrogates:
-            if b is not None and not (isinstance(b, numbers.Real) and not isinstance(b, bool) and b > 0):
-                raise ValueError(f"every entry of surrogates must be a softplus beta > 0 or None (the model's own "
-                                 f"gradient), got {b!r}")
+            if b is not None and not (isinstance(b, numbers.Real) and not isinstance(b, bool) and b > 0
+                                      and math.isfinite(b)):
+                raise ValueError(f"every entry of surrogates must be a finite softplus beta > 0 or None (the "
+                                 f"model's own gradient), got {b!r}")
         if len(set(surrogates)) != len(surrogates):
             raise ValueError(f"surrogates has repeated entries {list(surrogates)}; each member must differ")
-    if int(stall_window) != stall_window or not 1 <= stall_window <= 30:
-        raise ValueError(f"stall_window must be an integer in [1, 30], got {stall_window}")
-    if batch_size is not None and (int(batch_size) != batch_size or batch_size < 1):
-        raise ValueError(f"batch_size must be an integer >= 1 or None (all images at once), got {batch_size}")
+    _integer(stall_window, "stall_window", "an integer in [1, 30]", 1, 30)
+    if batch_size is not None:
+        _integer(batch_size, "batch_size", "an integer >= 1 or None (all images at once)", 1)
 
 
 def _normalise_target_map(target_map, x: Tensor) -> Tensor:
     n, _, h, w = x.shape
-    t = torch.as_tensor(target_map, dtype=x.dtype, device=x.device)
+    t = finite_tensor(torch.as_tensor(target_map, dtype=x.dtype, device=x.device), "target_map")
     if t.shape == (h, w):
         t = t.expand(n, h, w)
     if t.shape != (n, h, w):
@@ -511,6 +452,8 @@ def attack(model: nn.Module, x: Tensor, y, *, method: str = "SM", kind: str = "t
     _check_settings(method=method, kind=kind, epsilon=epsilon, step_size=step_size, steps=steps, k=k, beta=beta,
                     restarts=restarts, convention=convention, on_reject=on_reject, n_pixels=h * w,
                     batch_size=batch_size, stall_window=stall_window, surrogates=surrogates, select=select)
+    for weight, value in (("map_weight", map_weight), ("output_weight", output_weight)):
+        finite_number(value, weight)
     betas = (beta,) if surrogates is None else tuple(None if b is None else float(b) for b in surrogates)
     if kind == "random":
         betas = (None,)

@@ -16,10 +16,14 @@ methods draw from the passed ``torch.Generator`` (on that device) for reproducib
 """
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Callable
 
 import torch
 from torch import Tensor, nn
+
+from smoothgeo.core.checks import check_inputs, eval_mode, finite_number, finite_tensor
 
 __all__ = [
     "saliency", "integrated_gradients", "smoothgrad", "uniform_gradient", "smooth_gradient",
@@ -39,9 +43,11 @@ def resolve_target(model: nn.Module, x: Tensor, target) -> Tensor:
     """Turn ``target`` (None / int / sequence / tensor) into a LongTensor (N,) on ``x.device``."""
     n = x.shape[0]
     if target is None:
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(model):
             return model(x.detach()).argmax(1)
     if isinstance(target, int):
+        if target < 0:
+            raise ValueError(f"target holds class index {target}; class indices are >= 0")
         return torch.full((n,), target, dtype=torch.long, device=x.device)
     target = torch.as_tensor(target, device=x.device)
     if target.is_floating_point() or target.dtype == torch.bool:
@@ -54,23 +60,21 @@ def resolve_target(model: nn.Module, x: Tensor, target) -> Tensor:
     return target
 
 
-def _check_x(x: Tensor, model: nn.Module | None = None) -> None:
-    """Inputs must be a batched float tensor of finite values, of the model's parameter dtype and device."""
-    if not isinstance(x, Tensor) or x.dim() < 2:
-        raise ValueError(f"x must be a batched tensor (N, ...), got {type(x).__name__} "
-                         f"with shape {tuple(getattr(x, 'shape', ()))}")
-    if not x.is_floating_point():
-        raise ValueError(f"x must be a float tensor, got {x.dtype}; convert images with x.float() / 255 "
-                         f"(inputs live in [0, 1])")
-    p = next(model.parameters(), None) if model is not None else None
-    if p is not None and p.is_floating_point() and p.dtype != x.dtype:
-        raise ValueError(f"x is {x.dtype} but the model's parameters are {p.dtype}; convert one of them "
-                         f"(e.g. x.to({p.dtype}))")
-    if p is not None and p.device != x.device:
-        raise ValueError(f"x is on {x.device} but the model is on {p.device}; move one of them")
-    bad = int((~torch.isfinite(x.detach())).sum())
-    if bad:
-        raise ValueError(f"x holds {bad} NaN or infinite values; attributions need finite inputs")
+def _count(value, name: str) -> int:
+    """``value`` as an int; ValueError naming ``name`` unless it is an integer >= 1 (an integral float passes)."""
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 1
+            or int(value) != value):
+        raise ValueError(f"{name} must be >= 1 (an integer), got {value!r}")
+    return int(value)
+
+
+def _chunk(chunk_size, total: int) -> int:
+    """How many path points or noise copies go through the model at once: ``total`` for None, else at least 1."""
+    if chunk_size is None:
+        return total
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Real) or not math.isfinite(chunk_size):
+        raise ValueError(f"chunk_size must be None or a finite number (points per model call), got {chunk_size!r}")
+    return max(1, int(chunk_size))
 
 
 def _gradient(model: nn.Module, x: Tensor, target: Tensor, create_graph: bool) -> Tensor:
@@ -98,8 +102,9 @@ def saliency(model: nn.Module, x: Tensor, target=None, *, create_graph: bool = F
     Returns:
         Tensor shaped like ``x``.
     """
-    _check_x(x, model)
-    return _gradient(model, x, resolve_target(model, x, target), create_graph)
+    check_inputs(x, model)
+    with eval_mode(model):
+        return _gradient(model, x, resolve_target(model, x, target), create_graph)
 
 
 def integrated_gradients(model: nn.Module, x: Tensor, target=None, *, baseline: Tensor | float | None = None,
@@ -117,15 +122,24 @@ def integrated_gradients(model: nn.Module, x: Tensor, target=None, *, baseline: 
         ``(x - x0) * mean_i grad f_c(x0 + (i/m)(x - x0))``, shaped like ``x``. Sums to about
         ``f_c(x) - f_c(x0)`` (completeness).
     """
-    _check_x(x, model)
-    if steps < 1:
-        raise ValueError(f"IG steps must be >= 1, got {steps}")
-    target = resolve_target(model, x, target)
-    x0 = torch.zeros_like(x) if baseline is None else torch.as_tensor(baseline, dtype=x.dtype, device=x.device)
-    x0 = x0.expand_as(x)
+    check_inputs(x, model)
+    steps = _count(steps, "IG steps")
+    x0 = torch.zeros_like(x) if baseline is None else finite_tensor(
+        torch.as_tensor(baseline, dtype=x.dtype, device=x.device), "IG baseline")
+    try:
+        x0 = x0.expand_as(x)
+    except RuntimeError:
+        raise ValueError(f"IG baseline of shape {tuple(x0.shape)} does not broadcast to x of shape "
+                         f"{tuple(x.shape)}") from None
+    with eval_mode(model):
+        return _integrated_gradients(model, x, resolve_target(model, x, target), x0, steps, chunk_size,
+                                     create_graph)
+
+
+def _integrated_gradients(model, x, target, x0, steps, chunk_size, create_graph) -> Tensor:
     diff = x - x0
     alphas = torch.arange(1, steps + 1, device=x.device, dtype=x.dtype) / steps
-    chunk = steps if chunk_size is None else max(1, int(chunk_size))
+    chunk = _chunk(chunk_size, steps)
     total = torch.zeros_like(x)
     view = (-1,) + (1,) * x.dim()
     for start in range(0, steps, chunk):
@@ -152,12 +166,16 @@ def smooth_gradient(model: nn.Module, x: Tensor, target=None, *, sampler: NoiseS
     Returns:
         ``(1/n) sum_i grad f_c(x + z_i)``, shaped like ``x``.
     """
-    _check_x(x, model)
-    if samples < 1:
-        raise ValueError(f"number of noise samples must be >= 1, got {samples}")
-    target = resolve_target(model, x, target)
+    check_inputs(x, model)
+    samples = _count(samples, "number of noise samples")
+    with eval_mode(model):
+        return _smooth_gradient(model, x, resolve_target(model, x, target), sampler, samples, chunk_size,
+                                generator, create_graph)
+
+
+def _smooth_gradient(model, x, target, sampler, samples, chunk_size, generator, create_graph) -> Tensor:
     noise = sampler(x, samples, generator)
-    chunk = samples if chunk_size is None else max(1, int(chunk_size))
+    chunk = _chunk(chunk_size, samples)
     total = torch.zeros_like(x)
     for start in range(0, samples, chunk):
         z = noise[start:start + chunk]
@@ -169,7 +187,7 @@ def smooth_gradient(model: nn.Module, x: Tensor, target=None, *, sampler: NoiseS
 
 def gaussian_sampler(noise_level: float) -> NoiseSampler:
     """N(0, sigma^2 I) with ``sigma = noise_level * (max x - min x)`` per image (SmoothGrad's convention)."""
-    if noise_level < 0:
+    if finite_number(noise_level, "SmoothGrad noise_level") < 0:
         raise ValueError(f"SmoothGrad noise_level must be >= 0, got {noise_level}")
 
     def sample(x: Tensor, n: int, generator):
@@ -182,7 +200,7 @@ def gaussian_sampler(noise_level: float) -> NoiseSampler:
 
 def uniform_sampler(radius: float) -> NoiseSampler:
     """U[-r, r]^d noise (the paper's Uniform Gradient), r in pixel units."""
-    if radius < 0:
+    if finite_number(radius, "Uniform Gradient radius") < 0:
         raise ValueError(f"Uniform Gradient radius must be >= 0, got {radius}")
 
     def sample(x: Tensor, n: int, generator):

@@ -21,13 +21,12 @@ All measurements run the model in eval mode (its previous mode is restored) on t
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from smoothgeo.core.attributions import resolve_target, saliency
+from smoothgeo.core.checks import eval_mode
 from smoothgeo.core.models import Normalize, softplus_copy
 
 __all__ = [
@@ -51,15 +50,9 @@ PIECEWISE_LINEAR: tuple[type, ...] = (
 _BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
-@contextmanager
-def evaluating(model: nn.Module):
-    """Put ``model`` in eval mode for the block and restore its previous mode afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
+#: put ``model`` in eval mode for the block and restore every submodule's previous mode afterwards (the one
+#: context manager of :mod:`smoothgeo.core.checks`, kept under this name for its callers)
+evaluating = eval_mode
 
 
 def is_piecewise_linear(model: nn.Module) -> bool:

@@ -13,6 +13,8 @@ count NaN rows rather than average them away.
 """
 from __future__ import annotations
 
+import math
+import numbers
 import warnings
 
 import torch
@@ -26,17 +28,29 @@ class DegenerateMapWarning(UserWarning):
     """Some map pairs were constant (e.g. all zero) or non-finite; their metric is NaN."""
 
 
+def _as_float(m: Tensor) -> Tensor:
+    """``m`` itself when floating point, else (integer or bool maps) as float64, so that no metric is computed in
+    (or cast back to) an integer dtype; complex maps are refused."""
+    if not isinstance(m, Tensor):
+        raise ValueError(f"maps must be tensors, got {type(m).__name__}")
+    if m.is_complex():
+        raise ValueError(f"maps must be real, got dtype {m.dtype}")
+    return m if m.is_floating_point() else m.double()
+
+
 def _pair(m1: Tensor, m2: Tensor) -> tuple[Tensor, Tensor]:
     if m1.shape != m2.shape:
         raise ValueError(f"maps must have the same shape, got {tuple(m1.shape)} and {tuple(m2.shape)}")
     if m1.dim() < 2:
         raise ValueError(f"maps must be batched (N, H, W), got shape {tuple(m1.shape)}")
+    if math.prod(m1.shape[1:]) == 0:
+        raise ValueError(f"maps must have at least one pixel, got shape {tuple(m1.shape)}")
     return m1.flatten(1), m2.flatten(1)
 
 
 def degenerate_pairs(m1: Tensor, m2: Tensor) -> Tensor:
     """(N,) bool: either map of the pair is constant (all zero included) or holds a NaN/inf."""
-    a, b = _pair(m1, m2)
+    a, b = _pair(_as_float(m1), _as_float(m2))
     bad = torch.zeros(a.shape[0], dtype=torch.bool, device=a.device)
     for t in (a, b):
         bad |= ~torch.isfinite(t).all(1) | (t.amax(1) == t.amin(1))
@@ -55,8 +69,9 @@ def _nan_where_degenerate(value: Tensor, m1: Tensor, m2: Tensor, metric: str) ->
 
 def topk_intersection(m1: Tensor, m2: Tensor, k: int) -> Tensor:
     """Fraction of the k largest entries of ``m1`` that are also among the k largest of ``m2``; (N,)."""
+    m1, m2 = _as_float(m1), _as_float(m2)
     a, b = _pair(m1, m2)
-    if not 1 <= k <= a.shape[1]:
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k <= a.shape[1]:
         raise ValueError(f"k must be in [1, {a.shape[1]}] (the number of pixels in a map), got {k}")
     mask = torch.zeros_like(a, dtype=torch.bool)
     mask.scatter_(1, a.topk(k, dim=1).indices, True)
@@ -90,6 +105,7 @@ def _pearson(a: Tensor, b: Tensor) -> Tensor:
 
 def spearman_rho(m1: Tensor, m2: Tensor) -> Tensor:
     """Spearman's rank correlation over all pixels, average ranks for ties; (N,) float64 -> input dtype."""
+    m1, m2 = _as_float(m1), _as_float(m2)
     a, b = _pair(m1, m2)
     rho = _pearson(rank_average(a.double()), rank_average(b.double())).to(m1.dtype)
     return _nan_where_degenerate(rho, m1, m2, "Spearman rho")
@@ -105,8 +121,11 @@ def kendall_tau(m1: Tensor, m2: Tensor, *, max_elements: int = 2 ** 24, route: s
     """
     if route not in ("auto", "fast", "quadratic"):
         raise ValueError(f"route must be 'auto', 'fast' or 'quadratic', got {route!r}")
+    m1, m2 = _as_float(m1), _as_float(m2)
     a, b = _pair(m1, m2)
     n, p = a.shape
+    if n == 0:  # an empty batch: no pairs to compare
+        return a.new_empty((0,), dtype=m1.dtype)
     if route == "fast" or (route == "auto" and p > 64):
         from smoothgeo.core.ranks import kendall_tau_b
 
@@ -131,6 +150,7 @@ def kendall_tau(m1: Tensor, m2: Tensor, *, max_elements: int = 2 ** 24, route: s
 
 def mass_center(m: Tensor) -> Tensor:
     """Centre of mass (row, col) of each (N, H, W) map in pixel coordinates; (N, 2)."""
+    m = _as_float(m)
     if m.dim() != 3:
         raise ValueError(f"mass_center expects (N, H, W) maps, got shape {tuple(m.shape)}")
     _, h, w = m.shape
@@ -142,12 +162,14 @@ def mass_center(m: Tensor) -> Tensor:
 
 def mass_center_dislocation(m1: Tensor, m2: Tensor) -> Tensor:
     """Euclidean distance in pixels between the maps' centres of mass; (N,) (NaN for degenerate pairs)."""
+    m1, m2 = _as_float(m1), _as_float(m2)
     _pair(m1, m2)
     return _nan_where_degenerate((mass_center(m1) - mass_center(m2)).norm(dim=1), m1, m2, "mass-centre dislocation")
 
 
 def cosine_distance(m1: Tensor, m2: Tensor, eps: float = 1e-12) -> Tensor:
     """``1 - cos(m1, m2)`` between the flattened maps, in [0, 2]; (N,)."""
+    m1, m2 = _as_float(m1), _as_float(m2)
     a, b = _pair(m1, m2)
     # clamped: rounding can give -1e-7 for identical maps
     dist = (1 - (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(eps)).clamp(0.0, 2.0)

@@ -17,8 +17,10 @@ The images are learnable but not trivial: class ``c`` has its own colour tint an
 orientation and frequency, plus per-image Gaussian noise and a random shift, so a few batches of training
 already move accuracy above chance. Everything is seeded; the same call writes the same bytes. Files are
 written atomically (a killed run leaves no half-written image). A folder that already holds the real data set is
-never touched: ``write_standin`` refuses unless the folder carries the stand-in marker ``STANDIN`` (written
-last), so synthetic data cannot silently mix with or overwrite a real copy.
+never touched: ``write_standin`` refuses unless the folder carries the stand-in marker ``STANDIN``, so synthetic
+data cannot silently mix with or overwrite a real copy. The marker is written first, saying ``INCOMPLETE``, and
+replaced atomically by its final text after the last file: an interrupted write leaves a folder that the next
+call rewrites and that every loader of :mod:`smoothgeo.data.datasets` refuses, never one taken as complete.
 
 Command line (the data stage calls it through :mod:`smoothgeo.pipeline.data` when ``data.standin`` is set)::
 
@@ -35,12 +37,12 @@ from pathlib import Path
 
 import numpy as np
 
-from smoothgeo.data.datasets import DATASETS, FASHION_FILES
+from smoothgeo.data.datasets import DATASETS, FASHION_FILES, STANDIN_INCOMPLETE, STANDIN_MARKER
 from smoothgeo.store.atomic import atomic_path
 
 __all__ = ["write_standin", "standin_images", "MARKER", "FILE_SIZE"]
 
-MARKER = "STANDIN"
+MARKER = STANDIN_MARKER
 FILE_SIZE = 250  # side of the stand-in JPEGs of the image-folder sets (the loader crops 224 from a 256 resize)
 
 
@@ -165,6 +167,11 @@ def write_standin(name: str, root="data/raw", *, n_train: int = 64, n_test: int 
                                   f"or point data.root elsewhere.")
         shutil.rmtree(folder)  # an old stand-in: rewrite it whole, so sizes never mix
     folder.mkdir(parents=True)
+    # the marker comes first, so an interrupted write leaves a folder known to be a stand-in (rewritten by the next
+    # call, refused by the loaders) and never one that looks like a complete data set
+    _write_bytes(folder / MARKER, (f"{STANDIN_INCOMPLETE}: synthetic stand-in for {name} being written by "
+                                   f"smoothgeo.data.standins; not usable until this line is replaced. Not real "
+                                   f"data.\n").encode())
     writer = {"cifar10": lambda: _cifar(folder, int(n_train), int(n_test), seed),
               "flowers102": lambda: _flowers(folder, int(n_train), int(n_test), seed),
               "imagenet": lambda: _imagenet(folder, int(n_test), seed),
