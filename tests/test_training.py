@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 import yaml
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -319,9 +320,19 @@ def test_cli_epochs_zero_saves_the_initial_model_without_training(cli):
     loader = smoothgeo.data.datasets.load_dataset
     record = cli("init_only", params_path=path)
     assert record["history"] == [] and record["train_size"] == 0 and record["epochs"] == 0
-    torch.manual_seed(PARAMS.get("seed", 0))
     model, meta = load_checkpoint(cli.tmp / "checkpoints" / "init_only.pt")
     assert meta["epochs"] == 0 and loader is smoothgeo.data.datasets.load_dataset
+    # the weights are the seeded initial model's, untouched (a stray training step would change them)
+    from smoothgeo.core.models import build_model
+    from smoothgeo.pipeline.train import _model_kwargs
+
+    torch.manual_seed(record["seed"])
+    initial = build_model("mlp", num_classes=3, **_model_kwargs("mlp", (1, 4, 4)))
+    saved, fresh = model.state_dict(), initial.state_dict()
+    assert saved.keys() == fresh.keys() and all(torch.equal(saved[k], fresh[k]) for k in saved)
+    torch.manual_seed(record["seed"] + 1)
+    other = build_model("mlp", num_classes=3, **_model_kwargs("mlp", (1, 4, 4))).state_dict()
+    assert not all(torch.equal(saved[k], other[k]) for k in saved)  # the comparison can tell seeds apart
 
 
 # ------------------------------------------------------------------------- check_options ranges (issue 10)
@@ -361,3 +372,142 @@ def test_lr_out_of_range_is_rejected_with_the_range(cli):
     bad["train"]["defaults"]["lr"] = 5.0
     with pytest.raises(ValueError, match=r"lr=5.0 is invalid; allowed: a number with 0 < lr <= 1"):
         resolve_config(bad, "natural")
+
+
+# ---------------------------------------------------------------- recipe losses against their formulas (issue 19)
+
+def _ce_hessian_lambda_max(model, x, y):
+    """lambda_max of the input Hessian of CE, one image at a time by autograd (independent of geometry.py)."""
+    values = []
+    for xi, yi in zip(x, y):
+        def ce(z):
+            return F.cross_entropy(model(z.view(1, *xi.shape)), yi.view(1))
+        h = torch.autograd.functional.hessian(ce, xi.flatten())
+        values.append(torch.linalg.eigvalsh(h).max())
+    return torch.stack(values)
+
+
+def _pgd_reference(model, x, objective, *, epsilon, step_size, steps, start):
+    """Signed-gradient ascent on objective(z).sum() in B_inf(x, eps) ∩ [0, 1], one image at a time."""
+    out = []
+    for i in range(len(x)):
+        lo, hi = (x[i] - epsilon).clamp(0, 1), (x[i] + epsilon).clamp(0, 1)
+        z = start[i].clone()
+        for _ in range(steps):
+            z = z.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(objective(i, z), z)
+            z = torch.min(torch.max(z.detach() + step_size * g.sign(), lo), hi)
+        out.append(z.detach())
+    return torch.stack(out)
+
+
+def test_ssr_loss_is_the_weighted_sum_of_ce_and_scaled_lambda_max():
+    """(1 - alpha) CE + alpha * scale * mean lambda_max, with alpha and scale != 1: swapped weights must fail."""
+    x, y = _toy(6)
+    model = _mlp(seed=2).double()
+    x = x.double()
+    alpha, scale = 0.25, 3.0
+    loss, logs = ssr_loss(model, x, y, alpha=alpha, scale=scale)
+    ce = F.cross_entropy(model(x), y)
+    lam = _ce_hessian_lambda_max(model, x, y).mean()
+    assert lam > 1e-3 and abs(ce.item() - scale * lam.item()) > 0.1  # the two terms are distinguishable
+    assert logs["ce"] == pytest.approx(ce.item(), rel=1e-12)
+    assert logs["lambda_max"] == pytest.approx(lam.item(), rel=1e-8)
+    assert loss.item() == pytest.approx((1 - alpha) * ce.item() + alpha * scale * lam.item(), rel=1e-8)
+    # alpha = 0 is plain cross-entropy, whatever the scale
+    assert ssr_loss(model, x, y, alpha=0.0, scale=scale)[0].item() == pytest.approx(ce.item(), rel=1e-12)
+
+
+def test_madry_loss_is_ce_at_the_pgd_point_and_above_clean_ce():
+    from smoothgeo.training.recipes import madry_loss
+
+    x, y = _toy(8)
+    model = _mlp(seed=1).double()
+    x = x.double()
+    opts = dict(epsilon=0.1, step_size=0.03, steps=4)
+    ce_clean = F.cross_entropy(model(x), y)
+
+    def objective(i, z):
+        return F.cross_entropy(model(z[None]), y[i:i + 1])
+
+    for random_start in (False, True):
+        torch.manual_seed(5)
+        loss, logs = madry_loss(model, x, y, random_start=random_start, **opts)
+        torch.manual_seed(5)
+        start = x + (2 * torch.rand(x.shape, dtype=x.dtype) - 1) * opts["epsilon"] if random_start else x
+        start = torch.min(torch.max(start, (x - 0.1).clamp(0, 1)), (x + 0.1).clamp(0, 1))
+        xa = _pgd_reference(model, x, objective, start=start, **opts)
+        expected = F.cross_entropy(model(xa), y)
+        assert loss.item() == pytest.approx(expected.item(), rel=1e-9)
+        assert logs["ce_adv"] == pytest.approx(expected.item(), rel=1e-9)
+        assert loss.item() > ce_clean.item() + 0.01  # the adversarial point is worse than the clean one
+
+
+def test_ig_norm_loss_is_ce_plus_lambda_ig_norm_at_the_pgd_point():
+    from smoothgeo.training.recipes import ig_norm_loss
+
+    x, y = _toy(5)
+    model = _mlp(seed=3).double()
+    x = x.double()
+    lam, m, eps = 0.7, 6, 0.1
+    ce_clean = F.cross_entropy(model(x), y)
+
+    def ig_l1(i, z, create_graph):
+        """||IG of the per-example CE along x_i -> z||_1, right Riemann sum with m points, by hand."""
+        total = torch.zeros_like(z)
+        for k in range(1, m + 1):
+            p = (x[i] + k / m * (z - x[i]))
+            if not p.requires_grad:
+                p = p.requires_grad_(True)
+            (g,) = torch.autograd.grad(F.cross_entropy(model(p[None]), y[i:i + 1]), p, create_graph=create_graph)
+            total = total + g
+        return ((z - x[i]) * total / m).abs().sum()
+
+    torch.manual_seed(4)  # the random start (from the clean point IG is 0 and so is its gradient)
+    loss, logs = ig_norm_loss(model, x, y, epsilon=eps, lam=lam, ig_steps=m, steps=3, step_size=0.04)
+    torch.manual_seed(4)
+    start = (x + (2 * torch.rand(x.shape, dtype=x.dtype) - 1) * eps).clamp(0, 1)
+    xa = _pgd_reference(model, x, lambda i, z: ig_l1(i, z, True), epsilon=eps, step_size=0.04, steps=3,
+                        start=start)
+    ig = torch.stack([ig_l1(i, xa[i], False) for i in range(len(x))]).mean()
+    assert ig.item() > 1e-3
+    assert logs["ig_norm"] == pytest.approx(ig.item(), rel=1e-8)
+    assert logs["ce"] == pytest.approx(ce_clean.item(), rel=1e-12)
+    assert loss.item() == pytest.approx(ce_clean.item() + lam * ig.item(), rel=1e-8)
+
+
+def test_checkpoint_of_batchnorm_dropout_model_saved_in_train_mode_loads_in_eval_mode(tmp_path, monkeypatch):
+    """A checkpoint loads ready for evaluation: BatchNorm uses its running statistics and dropout is off."""
+    from smoothgeo.core import models
+
+    class BNDropout(nn.Module):
+        def __init__(self, num_classes=3, in_features=16):
+            super().__init__()
+            self.net = nn.Sequential(nn.Flatten(), nn.Linear(in_features, 32), nn.BatchNorm1d(32), nn.ReLU(),
+                                     nn.Dropout(0.5), nn.Linear(32, num_classes))
+
+        def forward(self, x):
+            return self.net(x)
+
+    monkeypatch.setitem(models.ARCHITECTURES, "bn_dropout", models.Architecture(BNDropout, lambda s: {}, 3))
+    x, _ = _toy(32)
+    cases = [("bn_dropout", BNDropout, {}), ("resnet20", models.ResNet20,
+                                             {"in_channels": 1, "mean": [0.5], "std": [0.25], "blocks_per_stage": 1,
+                                              "width": 4})]
+    for arch, cls, kwargs in cases:
+        torch.manual_seed(0)
+        model = cls(num_classes=3, **kwargs)
+        with torch.no_grad():
+            for _ in range(3):  # move the running statistics away from their initial values
+                model(x * 3 + 1)
+        assert model.training
+        path = tmp_path / f"{arch}.pt"
+        save_checkpoint(path, model, arch=arch, num_classes=3, model_kwargs=kwargs)
+        loaded, _ = load_checkpoint(path)
+        assert not any(m.training for m in loaded.modules()), arch
+        with torch.no_grad():
+            model.eval()
+            reference = model(x)
+            assert torch.equal(loaded(x), reference), arch
+            model.train()
+            assert not torch.allclose(model(x), reference, atol=1e-3), arch  # train mode does differ here
