@@ -130,6 +130,9 @@ class AttackResult:
         stalled_runs: (N,) long, runs (member x restart) that ended stalled.
         zero_directions: (N,) long, steps whose attack direction was exactly zero (a random sign step was taken),
             over all members and restarts.
+        kendall_worst: (N,) the lowest Kendall tau over all (member, restart) runs, each run's best iterate: the
+            ensemble's worst case for Kendall, whichever run ``select`` returned (equal to ``kendall`` with
+            ``select="kendall"``); NaN where not attacked.
         linf: (N,) L-inf size of ``x_adv - x``.
         kind, method, epsilon: the attack's settings.
         surrogates: the softplus betas of the members (None = the model's own gradient); ``(None,)`` for
@@ -149,6 +152,7 @@ class AttackResult:
     stalled_runs: Tensor
     zero_directions: Tensor
     linf: Tensor
+    kendall_worst: Tensor
     kind: str
     method: str
     epsilon: float
@@ -380,6 +384,7 @@ def _attack_batch(model, surrogates, x, y, *, kind, method, options, direction_o
                 take = torch.ones(n, dtype=torch.bool, device=dev)
             else:  # one flat rule over all (member, restart) runs; ties keep the earlier run
                 take = tau < out["kendall"] if select == "kendall" else best_score < out["score"]
+            out["kendall_worst"] = tau if j == 0 and r == 0 else torch.minimum(out["kendall_worst"], tau)
             out["x_adv"] = torch.where(take.view(col), best_x, out["x_adv"])
             for key, value in (("score", best_score), ("kendall", tau), ("stalled", run_stalled),
                                ("restart", torch.full_like(counts, r)), ("member", torch.full_like(counts, j))):
@@ -496,7 +501,8 @@ def attack(model: nn.Module, x: Tensor, y, *, method: str = "SM", kind: str = "t
 
         nan = torch.full((n,), float("nan"), device=dev, dtype=x.dtype)
         counts = torch.zeros(n, dtype=torch.long, device=dev)
-        out = {"x_adv": x.clone(), "score": nan, "kendall": nan.clone(), "restart": counts,
+        out = {"x_adv": x.clone(), "score": nan, "kendall": nan.clone(), "kendall_worst": nan.clone(),
+               "restart": counts,
                "member": counts.clone(), "accepted_steps": counts.clone(), "rejected_steps": counts.clone(),
                "stalled": torch.zeros(n, dtype=torch.bool, device=dev), "stalled_runs": counts.clone(),
                "zero_directions": counts.clone()}

@@ -55,7 +55,7 @@ METRIC_COLUMNS = ["topk", "kendall", "spearman", "mass_center", "cosine"]
 COLUMNS = ["model", "setting", "attacked_method", "kind", "epsilon", "image", "label", "evaluated_method",
            *METRIC_COLUMNS, "score", "target_distance", "clean_target_distance", "linf", "attacked", "label_kept",
            "clean_conf", "adv_conf", "restart", "member", "beta", "accepted_steps", "rejected_steps", "stalled",
-           "stalled_runs", "zero_directions"]
+           "stalled_runs", "zero_directions", "kendall_worst"]
 #: their dtypes (nullable ints / bools for the attack diagnostics, which may be unknown)
 DTYPES = {"model": "str", "setting": "str", "attacked_method": "str", "kind": "str", "epsilon": "float64",
           "image": "int64", "label": "int64", "evaluated_method": "str",
@@ -63,17 +63,18 @@ DTYPES = {"model": "str", "setting": "str", "attacked_method": "str", "kind": "s
           "clean_target_distance": "float64", "linf": "float64", "attacked": "bool", "label_kept": "bool",
           "clean_conf": "float64", "adv_conf": "float64", "restart": "Int64", "member": "Int64",
           "beta": "float64", "accepted_steps": "Int64", "rejected_steps": "Int64", "stalled": "boolean",
-          "stalled_runs": "Int64", "zero_directions": "Int64"}
+          "stalled_runs": "Int64", "zero_directions": "Int64", "kendall_worst": "float64"}
 
 #: per-image diagnostics of :class:`smoothgeo.core.attacks.AttackResult` kept in the record (where reported)
 _DIAGNOSTICS = ("attacked", "label_kept", "score", "kendall", "restart", "rejected_steps", "zero_directions",
-                "linf", "accepted_steps", "stalled", "stalled_runs")
+                "linf", "accepted_steps", "stalled", "stalled_runs", "kendall_worst")
 
 #: the keyword defaults of :func:`make_setting` (those of params ``attacks.defaults`` where the stage has one)
 SETTING_DEFAULTS = {"method": "SM", "kind": "topk", "epsilon": 0.1, "step_size": 0.01, "steps": 100, "k": 100,
                     "restarts": 1, "convention": "grad_times_input", "on_reject": "revert", "surrogates": [10.0],
                     "map_weight": 1.0, "output_weight": 1.0, "extra": {}, "method_options": {},
-                    "direction_options": None, "evaluated_methods": None, "evaluated_options": None}
+                    "direction_options": None, "evaluated_methods": None, "evaluated_options": None,
+                    "n_images": None, "image_set": "main"}
 
 
 def compute_maps(model: nn.Module, x: Tensor, target: Tensor, method: str, *, options: dict | None = None,
@@ -157,7 +158,7 @@ def make_setting(**overrides) -> dict:
             "surrogates": list(s["surrogates"]), "map_weight": s["map_weight"], "output_weight": s["output_weight"],
             "extra": dict(s["extra"]), "method_options": options,
             "direction_options": None if s["direction_options"] is None else dict(s["direction_options"]),
-            "evaluated_methods": evaluated,
+            "evaluated_methods": evaluated, "n_images": s["n_images"], "image_set": s["image_set"],
             "evaluated_options": {m: dict(given.get(m, options if m == method else {})) for m in evaluated}}
 
 
@@ -294,9 +295,13 @@ def run_setting(model: nn.Module, x: Tensor, y: Tensor, setting: dict, *, model_
     record = _record(x_adv, diag, y, pred, offset, targets)
     shared = _shared_columns(model_name, setting, x, x_adv, record, label_kept=label_kept, clean_conf=clean_conf,
                              adv_conf=adv_conf, offset=offset)
+    # the ensemble's worst Kendall over its runs (each run's own adversarial image), for the attacked method only:
+    # the per-metric worst case beside the top-k-selected image the other columns describe
+    worst = record["kendall_worst"].double().numpy() if "kendall_worst" in record else np.full(x.shape[0], np.nan)
     frames = [pd.DataFrame({**shared, **_method_columns(model, x, x_adv, pred, em, setting, seed=seed,
                                                         batch_size=batch_size, clean_maps=clean_maps,
-                                                        targets=targets, pool=pool)})
+                                                        targets=targets, pool=pool),
+                            "kendall_worst": worst if em == setting["method"] else np.full(x.shape[0], np.nan)})
               for em in setting["evaluated_methods"]]
     order = {m: i for i, m in enumerate(setting["evaluated_methods"])}
     frame = pd.concat(frames, ignore_index=True)
@@ -414,7 +419,8 @@ def noise_floor(model: nn.Module, x: Tensor, y, *, methods: Sequence[str] = ("SM
                                  seed=derive_seed(seed, "floor", m, draw), convention=convention,
                                  batch_size=batch_size)
                     for draw in range(2 if m in RANDOM_METHODS else 1)]
-            frames.append(pd.DataFrame({**shared, "evaluated_method": m, **compare_maps(maps[0], maps[-1], k)}))
+            frames.append(pd.DataFrame({**shared, "evaluated_method": m, **compare_maps(maps[0], maps[-1], k),
+                                        "kendall_worst": np.nan}))
     return as_table(pd.concat(frames, ignore_index=True))
 
 

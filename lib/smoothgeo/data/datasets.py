@@ -584,7 +584,8 @@ def load_dataset(name: str, split: str, *, root="data/raw", download=None, image
 
 
 def load_tensors(name: str, split: str, *, root="data/raw", limit: int | None = None, seed: int | None = None,
-                 download=None, image_size: int | None = None, search_dirs=None) -> tuple[Tensor, Tensor]:
+                 download=None, image_size: int | None = None, search_dirs=None,
+                 offset: int = 0) -> tuple[Tensor, Tensor]:
     """Stack (part of) a data set into tensors.
 
     Args:
@@ -593,6 +594,8 @@ def load_tensors(name: str, split: str, *, root="data/raw", limit: int | None = 
         seed: None takes the first ``limit`` items in file order; an int takes a random subset of ``limit``
             items drawn with ``torch.Generator().manual_seed(seed)``, returned in file order. Ignored
             when ``limit`` is None.
+        offset: with ``seed``, skip the first ``offset`` items of the seeded permutation (``offset=limit`` gives
+            a subset disjoint from the one with ``offset=0``).
     Returns:
         ``x`` float32 (N, C, H, W) in [0, 1] and ``y`` int64 (N,).
     """
@@ -606,7 +609,9 @@ def load_tensors(name: str, split: str, *, root="data/raw", limit: int | None = 
         idx = torch.arange(int(limit))
     else:
         g = torch.Generator().manual_seed(int(seed))
-        idx = torch.randperm(n, generator=g)[: int(limit)].sort().values
+        if offset < 0 or int(offset) + int(limit) > n:
+            raise ValueError(f"offset {offset} + limit {limit} exceeds the {n} items of {name}/{split}")
+        idx = torch.randperm(n, generator=g)[int(offset): int(offset) + int(limit)].sort().values
     if isinstance(ds, InMemoryImages):
         return ds.tensors(idx)
     items = [ds[int(i)] for i in idx]

@@ -15,10 +15,15 @@ from smoothgeo.data.datasets import load_tensors
 __all__ = ["eval_images", "test_accuracy"]
 
 
-def eval_images(data: dict, n: int, *, seed: int, device, root: Path | None = None) -> tuple[Tensor, Tensor]:
-    """``n`` test images drawn (seeded) from the profile's test set, on ``device``."""
+def eval_images(data: dict, n: int, *, seed: int, device, root: Path | None = None,
+                offset: int = 0) -> tuple[Tensor, Tensor]:
+    """``n`` test images drawn (seeded) from the profile's test set, on ``device``.
+
+    ``offset`` skips the first ``offset`` images of the same seeded draw: ``offset=n`` gives ``n`` images disjoint
+    from ``eval_images(data, n)`` (the replication set of the central rows).
+    """
     data_root = Path(data["root"]) if root is None else Path(root) / data["root"]
-    x, y = load_tensors(data["dataset"], "test", root=data_root, limit=n, seed=seed)
+    x, y = load_tensors(data["dataset"], "test", root=data_root, limit=n, seed=seed, offset=offset)
     return x.to(device), y.to(device)
 
 

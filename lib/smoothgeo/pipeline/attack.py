@@ -167,9 +167,23 @@ def _drop_stale_partials(part_dir: Path, wanted: set[str], model_name: str, say)
                 stale.unlink(missing_ok=True)
 
 
-def _run_part(model, x, y, setting: dict, shard, *, model_name, seed, batch_size, clean_maps, targets, attack_all):
-    """One setting on one shard (None = all images, the seed as is) through the engine: (record, rows)."""
+def _run_part(model, x, y, setting: dict, shard, *, model_name, seed, batch_size, clean_maps, targets, attack_all,
+              replication=None):
+    """One setting on one shard (None = all images, the seed as is) through the engine: (record, rows).
+
+    A setting with ``n_images: m`` runs on the first m evaluation images; one with ``image_set: replication`` on
+    the replication images (disjoint from the evaluation images; ids ``n_images ..``), never sharded.
+    """
     targets = targets if setting["kind"] == "targeted" else None
+    m = setting.get("n_images")
+    if setting.get("image_set", "main") == "replication":
+        xr, yr = replication
+        m = xr.shape[0] if m is None else m
+        return run_setting(model, xr[:m], yr[:m], setting, model_name=model_name, seed=derive_seed(seed, "replication"),
+                           batch_size=batch_size, clean_maps={}, offset=x.shape[0], attack_all=attack_all)
+    if m is not None and m < x.shape[0]:
+        return run_setting(model, x[:m], y[:m], setting, model_name=model_name, seed=seed, batch_size=batch_size,
+                           clean_maps={}, attack_all=attack_all)
     if shard is None:
         return run_setting(model, x, y, setting, model_name=model_name, seed=seed, batch_size=batch_size,
                            clean_maps=clean_maps, targets=targets, attack_all=attack_all)
@@ -181,7 +195,8 @@ def _run_part(model, x, y, setting: dict, shard, *, model_name, seed, batch_size
 
 
 def _attack_parts(model, x, y, settings: list[dict], mine: list, *, model_name: str, seed: int, batch_size,
-                  attack_all: bool, part_dir: Path, fingerprints: dict, say) -> tuple[dict, list, list]:
+                  attack_all: bool, part_dir: Path, fingerprints: dict, say, replication=None
+                  ) -> tuple[dict, list, list]:
     """This rank's shards of every setting, each resumed from its partial or computed (and saved as one).
 
     Returns ``({setting id: [(shard, record, rows, seconds)]}, computed, resumed)`` (part names).
@@ -207,7 +222,7 @@ def _attack_parts(model, x, y, settings: list[dict], mine: list, *, model_name: 
                     t0 = time.perf_counter()
                     record, frame = _run_part(model, x, y, setting, sh, model_name=model_name, seed=seed,
                                               batch_size=batch_size, clean_maps=caches[sh], targets=targets,
-                                              attack_all=attack_all)
+                                              attack_all=attack_all, replication=replication)
                     secs = time.perf_counter() - t0
                     _save_pt(path, {"hash": expected, "record": record, "rows": table_text(frame), "seconds": secs})
                     computed.append(name)
@@ -253,11 +268,18 @@ def _inputs(params: dict, model_name: str, *, checkpoints, device: torch.device,
     settings = resolve_settings(params, model_name, smooth=not is_piecewise_linear(model))
     x, y = experiments.eval_images(params["data"], section["n_images"], seed=seed, device=device, root=root)
     y = y.long()
+    replication = None
+    if any(s.get("image_set", "main") == "replication" for s in settings):
+        xr, yr = experiments.eval_images(params["data"], section["n_images"], seed=seed, device=device, root=root,
+                                         offset=section["n_images"])
+        replication = (xr, yr.long())
     fingerprints = {"model_name": model_name, "model": fingerprint(*model.state_dict().values()),
                     "data": fingerprint(x, y), "seed": seed, "batch_size": section.get("batch_size")}
     if section.get("images", "correct") == "all":
         fingerprints["images"] = "all"
-    return model, settings, x, y, fingerprints
+    if replication is not None:
+        fingerprints["replication"] = fingerprint(*replication)
+    return model, settings, x, y, fingerprints, replication
 
 
 def _drop_own_partials(dist, parts: dict, part_dir: Path) -> None:
@@ -308,7 +330,12 @@ def run(params: dict, model_name: str, *, checkpoints="data/checkpoints", record
     dev = torch.device(device)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    model, settings, x, y, fingerprints = _inputs(params, model_name, checkpoints=checkpoints, device=dev, root=root)
+    model, settings, x, y, fingerprints, replication = _inputs(params, model_name, checkpoints=checkpoints,
+                                                                device=dev, root=root)
+    subset = [s["id"] for s in settings if s.get("n_images") is not None or s.get("image_set", "main") != "main"]
+    if shard is not None and subset:
+        raise ValueError(f"attacks.shard_size={shard} is invalid with settings on an image subset or the replication "
+                         f"set ({', '.join(subset)}); allowed: shard_size null, or drop n_images/image_set there")
     if not settings:
         say(f"warning: no attack setting of params 'attacks.settings' applies to model {model_name!r}")
     attack_all = section.get("images", "correct") == "all"
@@ -320,7 +347,8 @@ def run(params: dict, model_name: str, *, checkpoints="data/checkpoints", record
     _drop_stale_partials(part_dir, {_part_name(s["id"], sh) for s in settings for sh in shards}, model_name, say)
     parts, computed, resumed = _attack_parts(model, x, y, settings, mine, model_name=model_name, seed=seed,
                                              batch_size=section.get("batch_size"), attack_all=attack_all,
-                                             part_dir=part_dir, fingerprints=fingerprints, say=say)
+                                             part_dir=part_dir, fingerprints=fingerprints, say=say,
+                                             replication=replication)
 
     gathered = distributed.gather_to_root(dist, {"parts": parts, "computed": computed, "resumed": resumed})
     if rank == 0:
@@ -344,10 +372,12 @@ def run(params: dict, model_name: str, *, checkpoints="data/checkpoints", record
 
 def main(argv=None) -> dict:
     from smoothgeo.core.device import resolve_device
+    from smoothgeo.store.names import cli_name
 
     parser = argparse.ArgumentParser(prog="python -m smoothgeo.pipeline.attack", description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", default="params.yaml", help="parameter file (default params.yaml)")
-    parser.add_argument("--model", required=True, help="checkpoint name, or NAME+softplus<beta>")
+    parser.add_argument("--model", required=True, type=cli_name("--model"),
+                        help="checkpoint name, or NAME+softplus<beta>")
     parser.add_argument("--checkpoints", default="data/checkpoints", help="checkpoint folder")
     parser.add_argument("--records", default="data/attacks", help="folder of <model>.pt attack records")
     parser.add_argument("--tables", default="results/attacks", help="folder of <model>.csv.gz tables")

@@ -58,12 +58,12 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
-import re
 
 from smoothgeo.core import attacks as attacks_mod
 from smoothgeo.core import captum_methods
 from smoothgeo.core.attacks import CONVENTIONS, KINDS
 from smoothgeo.core.attributions import METHODS
+from smoothgeo.store.names import check_name, check_param_names
 
 __all__ = ["check_params", "resolve_settings", "DEFAULTS", "OPTIONAL", "SETTING_KEYS", "SECTION_KEYS"]
 
@@ -72,13 +72,14 @@ DEFAULTS = {"epsilons": [0.1], "step_size": 0.01, "steps": 100, "k": 100, "resta
             "convention": "grad_times_input", "on_reject": "revert", "surrogates": [10.0], "direction": {},
             "map_weight": 1.0, "output_weight": 1.0}
 #: keys passed to :func:`smoothgeo.core.attacks.attack` only where params set them (and only if it takes them)
-OPTIONAL = ("stall_window",)
+OPTIONAL = ("stall_window", "select")
 #: keys a setting may have besides those of :data:`DEFAULTS` and :data:`OPTIONAL`
-SETTING_KEYS = ("method", "kind", "models", "method_options", "evaluated_methods", "epsilon")
+SETTING_KEYS = ("method", "kind", "models", "method_options", "evaluated_methods", "epsilon", "n_images", "image_set")
+#: the image sets a setting can run on: the evaluation images, or as many others disjoint from them
+IMAGE_SETS = ("main", "replication")
 SECTION_KEYS = ("n_images", "batch_size", "shard_size", "evaluated_methods", "images", "defaults", "settings")
 #: the attackable methods (SM, IG, SG, UG): every registered method but the captum adapters
 _BUILTIN = tuple(m for m in METHODS if not captum_methods.is_captum(m))
-_NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
 
 
 # ------------------------------------------------------------------------------------------------ validation
@@ -167,6 +168,7 @@ def check_params(params: dict) -> dict:
     Raises:
         ValueError: one line naming the offending key, its value and the allowed values.
     """
+    check_param_names(params)  # model, run and setting names become file names and DVC stage names
     section = params.get("attacks")
     if not isinstance(section, dict):
         _fail("attacks", section, "a mapping with keys " + ", ".join(SECTION_KEYS) + " (see the module docstring)")
@@ -211,8 +213,7 @@ def check_params(params: dict) -> dict:
     ids: set[str] = set()
     for name, entry in settings.items():
         key = f"attacks.settings.{name}"
-        if not isinstance(name, str) or not _NAME.match(name):
-            _fail(f"attacks.settings.{name}", name, "setting names of letters, digits and _ . + -")
+        check_name(name, key)
         if not isinstance(entry, dict):
             _fail(key, entry, "a mapping with keys " + ", ".join(allowed_keys))
         for k in entry:
@@ -233,6 +234,17 @@ def check_params(params: dict) -> dict:
             _check_options(f"{key}.direction", entry["direction"])
         if "evaluated_methods" in entry:
             _check_methods(f"{key}.evaluated_methods", entry["evaluated_methods"])
+        m = entry.get("n_images")
+        if m is not None and (not _is_int(m) or not 1 <= m <= n):
+            _fail(f"{key}.n_images", m, f"null (all {n} evaluation images) or an integer in [1, {n}] (the first m)")
+        if entry.get("image_set", "main") not in IMAGE_SETS:
+            _fail(f"{key}.image_set", entry.get("image_set"), "main (the evaluation images) or replication (as many "
+                                                              "test images, disjoint from them)")
+        if entry.get("kind") == "targeted" and (m is not None or entry.get("image_set", "main") != "main"):
+            _fail(f"{key}.n_images", m, "null with image_set main for the targeted kind (targets are drawn from "
+                                        "the whole evaluation set)")
+        if "select" in entry and entry["select"] not in attacks_mod.SELECT:
+            _fail(f"{key}.select", entry["select"], ", ".join(attacks_mod.SELECT))
         for eps in _epsilons(key, entry, resolved["epsilons"]):
             sid = _setting_id(name, eps)
             if sid in ids:
@@ -264,6 +276,7 @@ def resolve_settings(params: dict, model: str, *, smooth: bool = False) -> list[
     ``evaluated_options`` (method -> top-level options). ``smooth``: the model is smooth, so it is attacked
     through its own gradient (``surrogates: [None]``).
     """
+    check_name(model, "model")
     section = check_params(params)
     defaults, methods = section["defaults"], params.get("methods") or {}
     out = []
@@ -287,7 +300,8 @@ def resolve_settings(params: dict, model: str, *, smooth: bool = False) -> list[
             evaluated = [method, *evaluated]
         for eps in _epsilons(f"attacks.settings.{name}", entry, defaults["epsilons"]):
             out.append({"id": _setting_id(name, eps), "name": name, "method": method, "kind": kind,
-                        "epsilon": eps, **cfg, "surrogates": surrogates, "method_options": options,
+                        "epsilon": eps, **cfg, "n_images": entry.get("n_images"),
+                        "image_set": entry.get("image_set", "main"), "surrogates": surrogates, "method_options": options,
                         "direction_options": direction, "evaluated_methods": evaluated,
                         "evaluated_options": {m: dict(methods.get(m) or {}) for m in evaluated}})
     return out
