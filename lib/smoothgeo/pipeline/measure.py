@@ -283,9 +283,12 @@ def write_csv_gz(path, frame: pd.DataFrame) -> None:
 
 
 def main(argv=None) -> int:
+    from smoothgeo.store.names import cli_name
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--model", required=True, help="checkpoint name (e.g. natural-s0) or <base>+softplus<beta>")
+    parser.add_argument("--model", required=True, type=cli_name("--model"),
+                        help="checkpoint name (e.g. natural-s0) or <base>+softplus<beta>")
     parser.add_argument("--checkpoints", default="data/checkpoints")
     parser.add_argument("--attacks", default="data/attacks")
     parser.add_argument("--out", default="results/measures")

@@ -21,13 +21,16 @@ Without arguments, ``sync`` and ``check`` take every ``notebooks/*.ipynb`` of th
 from __future__ import annotations
 
 import argparse
+import datetime
 import difflib
 import gzip
 import json
 import logging
+import math
 import os
 import re
 import sys
+import warnings
 from pathlib import Path
 
 from smoothgeo.store.progress import set_mode as progress  # noqa: F401 - `smoothgeo.pipeline.notebook.progress("quiet")`
@@ -74,19 +77,49 @@ def declared_sections(nb) -> list[str]:
     return names
 
 
+def _plain(value, key: str):
+    """``value`` as the notebook sees it, the same through :func:`sync` and papermill (:func:`run`).
+
+    Dates and times become their ``str()`` (what papermill passes for them); mapping keys must be strings
+    (papermill turns every key into a string, so ``{1: ...}`` would be ``{"1": ...}`` in a DVC run but not in the
+    synced cell): another key, and any value that is not a YAML scalar, list or mapping (``!!set``, ``!!binary``),
+    is refused with ``ValueError`` naming its key.
+    """
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ValueError(f"params key {key}.{k!r} is a {type(k).__name__}, not a string: papermill passes "
+                                 f"every key as a string, so the notebook would see different keys in a DVC run "
+                                 f"and after sync; quote it in the params file ('{k}': ...)")
+            out[k] = _plain(v, f"{key}.{k}")
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, (datetime.date, datetime.time)):
+        return str(value)
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    raise ValueError(f"params value {key}={value!r} is a {type(value).__name__}; notebooks take YAML scalars, lists "
+                     f"and mappings only")
+
+
 def select_params(params: dict, sections) -> dict:
-    """``{variable: value}`` for the declared sections; ``a.b`` keeps key ``b`` of section ``a`` (merged)."""
+    """``{variable: value}`` for the declared sections; ``a.b`` keeps key ``b`` of section ``a`` (merged).
+
+    Values go through :func:`_plain` (dates as strings, string keys only), so :func:`sync` and :func:`run` give
+    the notebook the same values."""
     out: dict = {}
     for name in sections:
         head, _, key = name.partition(".")
         if head not in params:
             raise KeyError(f"section {head!r} is declared by the notebook but not in the params file")
         if not key:
-            out[head] = params[head]
+            out[head] = _plain(params[head], head)
             continue
         if not isinstance(params[head], dict) or key not in params[head]:
             raise KeyError(f"{name!r} is declared by the notebook but {head!r} has no key {key!r}")
-        out.setdefault(head, {})[key] = params[head][key]
+        out.setdefault(head, {})[key] = _plain(params[head][key], name)
     return out
 
 
@@ -98,6 +131,8 @@ def _literal(value) -> str:
         return "[" + ", ".join(_literal(v) for v in value) + "]"
     if isinstance(value, str):
         return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, float) and not math.isfinite(value):  # repr gives inf / nan: NameError in the cell
+        return 'float("nan")' if math.isnan(value) else ('float("inf")' if value > 0 else 'float("-inf")')
     return repr(value)
 
 
@@ -126,6 +161,16 @@ def parameters_source(params: dict, sections) -> str:
     lines = [HEADER + "# sections: " + ", ".join(sections)]
     lines += [_assign(name, value) for name, value in values.items()]
     return "\n".join(lines)
+
+
+def _write_notebook(nb, path) -> None:
+    """``nbformat.write`` to a temporary file next to ``path``, then ``os.replace``: never a half-written notebook."""
+    import nbformat
+
+    from smoothgeo.store.atomic import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        nbformat.write(nb, fh)
 
 
 def _load_params(path) -> dict:
@@ -162,7 +207,7 @@ def sync(notebooks=(), *, params="params.yaml") -> list[Path]:
             continue
         if current != wanted:
             parameters_cell(nb).source = wanted
-            nbformat.write(nb, str(path))
+            _write_notebook(nb, path)
             changed.append(path)
     if errors:
         raise ValueError("not synced:\n" + "\n".join(errors))
@@ -253,13 +298,28 @@ def run(notebook, output, *, params="params.yaml", overrides: dict | None = None
     os.environ["MPLBACKEND"] = INLINE_BACKEND  # an inherited MPLBACKEND=Agg would hide every figure
     logging.getLogger("papermill").setLevel(logging.WARNING)
     output.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        papermill.execute_notebook(str(notebook), str(output), parameters=parameters, kernel_name=kernel,
-                                   progress_bar=False, log_output=False, cwd=None if cwd is None else str(cwd))
-    finally:
-        if output.exists():
-            nb = nbformat.read(str(output), as_version=4)
-            nbformat.write(postprocess(nb, root=root), str(output))
+    from smoothgeo.store.atomic import atomic_path
+
+    # papermill writes into a temporary file next to the output (it rewrites the file after every cell); the
+    # post-processed notebook replaces the output in one os.replace, so a killed run never leaves half of one.
+    # A failing cell still gives the complete notebook (it shows where), then papermill's error.
+    failure = None
+    with atomic_path(output) as tmp:
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=r".*does not end in one of")
+                papermill.execute_notebook(str(notebook), str(tmp), parameters=parameters, kernel_name=kernel,
+                                           progress_bar=False, log_output=False,
+                                           cwd=None if cwd is None else str(cwd))
+        except papermill.PapermillExecutionError as exc:
+            failure = exc
+        nb = nbformat.read(str(tmp), as_version=4)
+        if nb.metadata.get("papermill", {}).get("output_path"):
+            nb.metadata["papermill"]["output_path"] = str(output)  # the name it has, not the temporary one
+        with open(tmp, "w", encoding="utf-8") as fh:
+            nbformat.write(postprocess(nb, root=root), fh)
+    if failure is not None:
+        raise failure
     return output
 
 

@@ -47,6 +47,7 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sequential
 from smoothgeo import __version__
 from smoothgeo.store import checkpoints as ckpt
 from smoothgeo.store.atomic import atomic_write_json, load_params, remove_stale_temps
+from smoothgeo.store.names import check_name, check_param_names, cli_name
 from smoothgeo.core.device import PRECISIONS, autocast_dtype, cpu_features, resolve_device
 from smoothgeo.core.models import ARCHITECTURES, build_model
 from smoothgeo.training.recipes import OPTIMIZERS, RECIPES, SCHEDULES, check_options, evaluate_accuracy, fit
@@ -80,6 +81,8 @@ def resolve_config(params: dict, name: str) -> dict:
         ValueError: unknown name, unknown recipe/arch/optimizer, or a value out of range (the message names the
             parameter and the allowed range).
     """
+    check_name(name, "--name")
+    check_param_names(params)  # run names become file names and DVC stage names
     train = params.get("train") or {}
     scratch, finetune = train.get("scratch") or {}, train.get("finetune") or {}
     if name in scratch and name in finetune:
@@ -361,7 +364,8 @@ def run(config: dict, *, checkpoints="data/checkpoints", record=None, device="au
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m smoothgeo.pipeline.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", default="params.yaml", help="parameter file (default params.yaml)")
-    parser.add_argument("--name", required=True, help="run name in train.scratch or train.finetune")
+    parser.add_argument("--name", required=True, type=cli_name("--name"),
+                        help="run name in train.scratch or train.finetune")
     parser.add_argument("--checkpoints", default="data/checkpoints", help="checkpoint folder")
     parser.add_argument("--record", default=None, help="JSON record path (default results/training/NAME.json)")
     parser.add_argument("--device", default=None,

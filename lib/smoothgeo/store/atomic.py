@@ -136,13 +136,46 @@ def read_json(path) -> Any:
         raise ValueError(f"{path} is not valid JSON ({exc}); delete it and re-run the stage that writes it") from exc
 
 
-def load_params(path="params.yaml") -> dict:
+def _unique_key_loader():
+    """A ``yaml.SafeLoader`` that refuses a mapping with the same key twice (PyYAML keeps the last one silently).
+
+    Keys brought in by a merge (``<<: *anchor``) may be overridden, as YAML's merge key intends.
+    """
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            if isinstance(node, yaml.MappingNode):
+                seen = {}
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge":
+                        continue
+                    key = self.construct_object(key_node, deep=True)
+                    try:
+                        first = seen.setdefault(key, key_node)
+                    except TypeError:
+                        continue  # an unhashable key: the constructor reports it
+                    if first is not key_node:
+                        raise yaml.constructor.ConstructorError(
+                            "while constructing a mapping", node.start_mark,
+                            f"found duplicate key {key!r} (first at line {first.start_mark.line + 1}); each key "
+                            f"may appear once", key_node.start_mark)
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
+
+
+def load_params(path="params.yaml", *, check_names: bool = True) -> dict:
     """Read a params.yaml (the DVC parameter file) into a dict.
+
+    A key given twice in one mapping is refused (PyYAML would keep the later one silently), and every model,
+    run, setting and profile name is checked against the name rule of :mod:`smoothgeo.store.names` (names become
+    file names and parts of DVC's shell commands); ``check_names=False`` skips the latter.
 
     Raises:
         FileNotFoundError: the file is missing.
-        ConfigError (a ValueError): the file is not valid YAML (line and column named) or is not a
-            mapping.
+        ConfigError (a ValueError): the file is not valid YAML (line and column named), repeats a key (named,
+            with both lines), is not a mapping, or gives a name that breaks the name rule (its key named).
     """
     import yaml
 
@@ -151,7 +184,7 @@ def load_params(path="params.yaml") -> dict:
         raise FileNotFoundError(f"parameter file {path} not found; run from the repository root or pass its path")
     try:
         with open(path) as fh:
-            params = yaml.safe_load(fh)
+            params = yaml.load(fh, Loader=_unique_key_loader())
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
@@ -162,4 +195,11 @@ def load_params(path="params.yaml") -> dict:
     if not isinstance(params, dict):
         raise ConfigError(f"parameter file {path} must hold a mapping (key: value lines), got "
                           f"{type(params).__name__}")
+    if check_names:
+        from smoothgeo.store.names import check_param_names
+
+        try:
+            check_param_names(params)
+        except ValueError as exc:
+            raise ConfigError(f"parameter file {path}: {exc}") from None
     return params

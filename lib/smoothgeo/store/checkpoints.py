@@ -10,8 +10,14 @@ or delete it).
 
 Integrity: every file (format 2) carries ``"sha256"``, a digest of its whole content (every tensor's dtype,
 shape and bytes, and every plain value, walked in sorted key order; :func:`content_digest`), verified at load;
-a mismatch (bit flips, a file edited after writing) raises :class:`CheckpointError`. Format-1 files (no
-digest) still load, with a warning.
+a mismatch (bit flips, a file edited after writing) raises :class:`CheckpointError`, and so does a file without a
+digest (format 1, written by an older smoothgeo, or one whose digest was removed): its content cannot be checked,
+so it is refused with how to re-create it, never loaded with a warning.
+
+Model keyword arguments: the ``model_kwargs`` of a checkpoint are checked against the keyword parameters of its
+architecture's constructor (:func:`allowed_model_kwargs`) and must be plain values (numbers, strings, bools, None
+and lists/tuples of them) before the network is built, so a file cannot pass arbitrary arguments (a
+``weights_path`` to another file, a download) to a constructor.
 
 Determinism: the archive is written to memory first under a fixed in-archive name (``torch.save`` to a file
 records the file's name, so the random temporary name made identical weights give different bytes), then
@@ -20,19 +26,20 @@ written atomically; the same content gives the same bytes.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import io
 import os
-import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from smoothgeo.store.atomic import atomic_write_bytes
-from smoothgeo.core.models import build_model
+from smoothgeo.core.models import ARCHITECTURES, build_model
 
 __all__ = ["save_checkpoint", "load_checkpoint", "read_checkpoint", "save_partial", "load_partial",
-           "rng_state", "set_rng_state", "CheckpointError", "FORMAT", "content_digest", "checkpoint_bytes"]
+           "rng_state", "set_rng_state", "CheckpointError", "FORMAT", "content_digest", "checkpoint_bytes",
+           "allowed_model_kwargs", "check_model_kwargs"]
 
 FORMAT = 2
 _READABLE_FORMATS = (1, 2)
@@ -109,9 +116,9 @@ def read_checkpoint(path, *, map_location="cpu") -> dict:
         if obj.get("format", 0) >= 2:
             raise CheckpointError(f"checkpoint {path} has lost its sha256 entry, so its integrity cannot be "
                                   f"checked; {_remedy(path)}")
-        warnings.warn(f"checkpoint {path} was written by an older smoothgeo (format 1) without a checksum; its "
-                      f"integrity is not checked (re-create it to add one)", stacklevel=2)
-        return obj
+        raise CheckpointError(f"checkpoint {path} was written by an older smoothgeo (format 1) without a sha256 "
+                              f"digest, so its integrity cannot be checked and it is not loaded; {_remedy(path)} "
+                              f"(the new file carries a digest)")
     try:
         actual = content_digest(obj)
     except TypeError as exc:
@@ -155,7 +162,8 @@ def load_checkpoint(path, *, device="cpu") -> tuple[nn.Module, dict]:
         raise CheckpointError(f"{path} is a partial training state, not a finished checkpoint; finish the run with "
                               f"`python -m smoothgeo.pipeline.train --name ...` (it resumes) or `dvc repro`")
     try:
-        model = build_model(obj["arch"], num_classes=obj["num_classes"], **obj.get("model_kwargs", {}))
+        kwargs = check_model_kwargs(obj["arch"], obj.get("model_kwargs", {}))
+        model = build_model(obj["arch"], num_classes=obj["num_classes"], **kwargs)
     except (ValueError, TypeError, KeyError) as exc:
         raise CheckpointError(f"checkpoint {path} names an architecture that cannot be built ({exc}); "
                               f"{_remedy(path)}") from exc
@@ -167,6 +175,57 @@ def load_checkpoint(path, *, device="cpu") -> tuple[nn.Module, dict]:
     meta = {**obj.get("meta", {}), "arch": obj["arch"], "num_classes": obj["num_classes"],
             "model_kwargs": obj.get("model_kwargs", {})}
     return model.to(device).eval(), meta
+
+
+_PLAIN = (bool, int, float, str, type(None))
+
+
+def allowed_model_kwargs(arch: str) -> set[str]:
+    """The keyword arguments the constructor of architecture ``arch`` takes, ``num_classes`` aside.
+
+    A registry entry that forwards ``**kwargs`` (e.g. ``fashion_small``: ``lambda **kw: FashionCNN(..., **kw)``)
+    takes the named parameters of the callables it forwards to (the globals its code names).
+    """
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}")
+    names: set[str] = set()
+    todo, seen = [ARCHITECTURES[arch].build], set()
+    while todo:
+        fn = todo.pop()
+        if id(fn) in seen:
+            continue
+        seen.add(id(fn))
+        try:
+            params = inspect.signature(fn).parameters.values()
+        except (TypeError, ValueError):
+            continue
+        for p in params:
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+                names.add(p.name)
+            elif p.kind == p.VAR_KEYWORD:  # follow what the code forwards its **kwargs to
+                code, env = getattr(fn, "__code__", None), getattr(fn, "__globals__", {})
+                todo += [env[n] for n in (code.co_names if code is not None else ()) if callable(env.get(n))]
+    return names - {"num_classes"}
+
+
+def check_model_kwargs(arch: str, kwargs) -> dict:
+    """``kwargs`` (a checkpoint's ``model_kwargs``) if every key is a keyword of ``arch``'s constructor and every
+    value a plain value (number, string, bool, None, or a list/tuple of them); ``ValueError`` naming the key."""
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"model_kwargs is a {type(kwargs).__name__}, not a mapping")
+    allowed = allowed_model_kwargs(arch)
+    for key, value in kwargs.items():
+        if key not in allowed:
+            raise ValueError(f"model_kwargs has {key!r}, which architecture {arch!r} does not take (it takes "
+                             f"{sorted(allowed)})")
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if not all(isinstance(v, _PLAIN) for v in items):
+            raise ValueError(f"model_kwargs {key!r} holds {type(value).__name__} {str(value)[:60]}; only numbers, "
+                             f"strings, bools, None and lists of them are allowed")
+    if kwargs.get("weights_path") is not None or kwargs.get("pretrained"):
+        raise ValueError("model_kwargs asks for pretrained weights ('pretrained'/'weights_path'); a checkpoint holds "
+                         "its own weights and never loads or downloads others")
+    return dict(kwargs)
 
 
 def rng_state() -> dict:
