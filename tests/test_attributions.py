@@ -218,7 +218,7 @@ def test_bad_arguments_raise_clear_errors():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
-def test_attributions_follow_the_device():
+def test_attributions_follow_the_gpu_device():
     model = FashionCNN().cuda().eval()
     x = torch.rand(2, 1, 28, 28, device="cuda")
     for method in METHODS:

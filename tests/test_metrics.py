@@ -28,9 +28,25 @@ def test_rank_correlations_equal_scipy(ties):
         assert rho[i].item() == pytest.approx(st.spearmanr(x, y).statistic, abs=1e-6)
 
 
-def test_kendall_block_size_does_not_change_result():
-    a, b = random_maps(n=3, h=10, w=10, ties=True)
-    torch.testing.assert_close(kendall_tau(a, b, max_elements=50), kendall_tau(a, b))
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("max_elements", [3 * 100 * 7, 3 * 100 * 100, 50])   # blocks of 7 rows, one block, 1 row
+def test_kendall_quadratic_route_in_blocks_equals_scipy(ties, max_elements):
+    """The O(P^2) route, forced, over 100-pixel maps: several blocks (the last one short) give scipy's tau-b."""
+    a, b = random_maps(n=3, h=10, w=10, ties=ties, seed=4)
+    slow = kendall_tau(a.double(), b.double(), route="quadratic", max_elements=max_elements)
+    for i in range(a.shape[0]):
+        expected = st.kendalltau(a[i].flatten().numpy(), b[i].flatten().numpy()).statistic
+        assert slow[i].item() == pytest.approx(expected, abs=1e-12)
+    fast = kendall_tau(a.double(), b.double(), route="fast")
+    torch.testing.assert_close(slow, fast, atol=1e-12, rtol=0)
+    # the default (auto) route on maps over 64 pixels is the fast one, whatever max_elements says
+    assert torch.equal(kendall_tau(a, b, max_elements=max_elements), kendall_tau(a, b, route="fast"))
+
+
+def test_kendall_route_is_checked():
+    a, b = random_maps()
+    with pytest.raises(ValueError, match="route must be"):
+        kendall_tau(a, b, route="slow")
 
 
 def test_rank_average_equals_scipy_rankdata():

@@ -61,7 +61,9 @@ def test_counts_against_brute_force():
 def test_matches_quadratic_route():
     for levels in (None, 4):
         a, b = _maps((5, 20, 20), levels, seed=7, dtype=torch.float64)
-        assert torch.allclose(kendall_tau_b(a, b), kendall_tau(a, b), atol=1e-12, rtol=0)
+        quadratic = kendall_tau(a, b, route="quadratic", max_elements=5 * 400 * 9)   # 45 blocks of 9 rows
+        assert torch.allclose(kendall_tau_b(a, b), quadratic, atol=1e-12, rtol=0)
+        assert np.allclose(quadratic.numpy(), _scipy(a, b), atol=1e-12, rtol=0)
 
 
 def test_shape_checks():

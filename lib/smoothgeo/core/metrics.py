@@ -118,6 +118,8 @@ def kendall_tau(m1: Tensor, m2: Tensor, *, max_elements: int = 2 ** 24, route: s
     Two exact routes: ``"fast"``, O(P log P) (Knight's algorithm, :func:`smoothgeo.core.ranks.kendall_tau_b`, equal to
     scipy ties included), used automatically for maps of more than 64 pixels; ``"quadratic"``, O(P^2) in row
     blocks of ``max_elements // (N * P)`` pixels compared with all others (bounded temporary memory).
+    ``max_elements`` only sizes the quadratic route's blocks: ``route="auto"`` picks by the map size alone, and
+    ``route="quadratic"`` forces the O(P^2) route at any size (the tests compare the two routes that way).
     """
     if route not in ("auto", "fast", "quadratic"):
         raise ValueError(f"route must be 'auto', 'fast' or 'quadratic', got {route!r}")
