@@ -18,9 +18,15 @@
 # DVC then gives the rest: a rerun with nothing changed runs nothing; dvc.lock is updated after each stage, so
 # a killed run resumes with the stages it had not finished (DVC clears a dead run's own lock entries).
 #
+# Names: the profile name, and every run, model, setting and profile name of the params file, must follow the name
+# rule of smoothgeo.store.names (letters, digits and _ . + -, starting with a letter or digit), checked before DVC
+# runs anything: dvc.yaml pastes those names into shell commands and output paths. Stage outputs with an absolute
+# path or a '..' part are refused, whatever they resolve to.
+#
 # Concurrency: the run holds an exclusive flock on <workspace>/.dvc/tmp/repro.sh.lock (the root's for the
 # default profile) for its whole duration, taken before anything else is touched; a second call for the same
-# workspace refuses at once (exit 75) and changes nothing. Different profiles may run at the same time.
+# workspace refuses at once (exit 75) and changes nothing; without the flock command the run stops (exit 69)
+# and says so. Different profiles may run at the same time.
 #
 # Workspace params: runs/PROFILE/.profile-base.yaml keeps the profile as last copied. If profiles/PROFILE.yaml
 # changes and the workspace's params.yaml is unedited, the new profile is copied in; if you edited
@@ -38,7 +44,34 @@ fi
 profile=${1:-default}
 shift || true
 
+# a profile name becomes a folder and a DVC workspace: the name rule of smoothgeo.store.names
+# (^[A-Za-z0-9][A-Za-z0-9_.+-]*$: no '/', no leading '.' or '-', no spaces, ';' or '$')
+alnum=ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789  # spelled out: ranges depend on the locale
+case "$profile" in
+  [$alnum]*) case "$profile" in *[!${alnum}_.+-]*) bad_profile=1 ;; *) bad_profile= ;; esac ;;
+  *) bad_profile=1 ;;
+esac
+if [ -n "$bad_profile" ]; then
+  echo "invalid profile name '$profile': use letters, digits and _ . + - , starting with a letter or digit" >&2
+  exit 2
+fi
+
+check_params() {  # $1: params file; every run, model, setting and profile name must follow the name rule
+  # (dvc.yaml pastes them into shell commands), and no YAML key may repeat: refuse before DVC runs anything
+  python -c 'import sys
+from smoothgeo.store.atomic import load_params
+try:
+    load_params(sys.argv[1])
+except (ValueError, FileNotFoundError) as exc:
+    sys.exit(f"[repro] {exc}")' "$1"
+}
+
 lock_or_refuse() {  # $1: lock file; holds fd 9 until this script (and the processes it starts) exit
+  if ! command -v flock >/dev/null 2>&1; then
+    echo "[repro] the 'flock' command is not installed (it comes with util-linux: apt-get install util-linux);" \
+         "repro.sh needs it to keep two runs out of one workspace. Nothing was changed." >&2
+    exit 69
+  fi
   exec 9>>"$1"
   if ! flock -n 9; then
     echo "[repro] another scripts/repro.sh run is using $(dirname "$(dirname "$(dirname "$1")")") (lock $1);" \
@@ -50,15 +83,13 @@ lock_or_refuse() {  # $1: lock file; holds fd 9 until this script (and the proce
 if [ "$profile" = default ]; then
   mkdir -p "$ROOT/.dvc/tmp"
   lock_or_refuse "$ROOT/.dvc/tmp/repro.sh.lock"
+  check_params params.yaml
   dvc repro "$@"
   if [ -f results/SUMMARY.md ]; then  # copy the generated tables and figure links into README.md
     python -m smoothgeo.pipeline.summary report --results results --readme README.md
   fi
   exit 0
 fi
-case "$profile" in
-  ""|*/*|.*) echo "invalid profile name '$profile'" >&2; exit 2 ;;
-esac
 # PROFILE-toy (e.g. cifar10-toy): profiles/PROFILE.yaml shrunk by `python -m smoothgeo.pipeline.profiles toy` (synthetic
 # stand-in data, tiny sizes, random weights), generated into the workspace on every run
 toy_of=""
@@ -86,12 +117,14 @@ fi
 
 # entries that belong to the workspace; every other top-level entry of the checkout is linked
 own=" params.yaml dvc.lock data results runs .dvc .git .venv .profile-base.yaml .profile-source.yaml "
-if git -C "$ROOT" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
-  entries=$(git -C "$ROOT" ls-files -co --exclude-standard | cut -d/ -f1 | sort -u)
-else
-  entries=$(ls -A "$ROOT")
-fi
-for e in $entries; do
+top_entries() {  # the checkout's top-level entries, NUL-separated (names with spaces or newlines stay whole)
+  if git -C "$ROOT" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+    git -C "$ROOT" ls-files -z -co --exclude-standard | cut -z -d/ -f1 | sort -zu
+  else
+    find "$ROOT" -mindepth 1 -maxdepth 1 -printf '%f\0'
+  fi
+}
+while IFS= read -r -d '' e; do
   case "$own" in *" $e "*) continue ;; esac
   target="../../$e"
   if [ -L "$ws/$e" ]; then
@@ -105,7 +138,7 @@ for e in $entries; do
     exit 2
   fi
   ln -s "$target" "$ws/$e"
-done
+done < <(top_entries)
 for l in "$ws"/* "$ws"/.[!.]*; do  # links to entries the repository no longer has
   if [ -L "$l" ] && [ ! -e "$l" ] && case "$(readlink "$l")" in ../../*) true ;; *) false ;; esac; then rm "$l"; fi
 done
@@ -133,6 +166,7 @@ elif ! cmp -s "$params" "$prof"; then
 fi
 
 cd "$ws"
+check_params params.yaml
 # every output must resolve inside the workspace (never through a link into the repository); the folders
 # that hold outputs are created (a fresh workspace has none, and papermill does not create its output folder)
 python - <<'EOF'
@@ -144,9 +178,11 @@ bad, folders = [], set()
 with Repo(".") as repo:
     for stage in repo.index.stages:
         for out in stage.outs:
-            parts = str(out.def_path).split("/")
-            real = os.path.realpath(os.path.join(ws, *parts))
-            if os.path.commonpath([ws, real]) != ws or any(
+            path = str(out.def_path)
+            parts = path.split("/")
+            # an absolute path or a '..' part is refused as such (os.path.join(ws, "", "etc") would hide the former)
+            real = os.path.realpath(os.path.join(ws, path))
+            if os.path.isabs(path) or ".." in parts or os.path.commonpath([ws, real]) != ws or any(
                     os.path.islink(os.path.join(ws, *parts[:i + 1])) for i in range(len(parts))):
                 bad.append(f"{stage.addressing}: {out.def_path}")
             elif len(parts) > 1:
@@ -155,9 +191,10 @@ if not bad:
     for folder in folders:
         os.makedirs(folder, exist_ok=True)
 if bad:
-    sys.exit("[repro] these stage outputs would be written into the repository through a workspace link, not "
-             "into the workspace: " + ", ".join(bad) + ". Keep stage outputs under data/ or results/, or add their "
-             "top-level folder to 'own' in scripts/repro.sh.")
+    sys.exit("[repro] these stage outputs would be written outside the workspace (an absolute path, a '..' part, "
+             "or through a workspace link into the repository): " + ", ".join(bad) + ". Keep stage outputs under "
+             "data/ or results/ as relative paths (params such as data.root included), or add their top-level "
+             "folder to 'own' in scripts/repro.sh.")
 EOF
 dvc repro "$@"
 echo "[repro] results of profile $profile are in $ws/results"
