@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["resolve_device", "cpu_features", "autocast_dtype", "PRECISIONS"]
+__all__ = ["resolve_device", "cpu_features", "autocast_dtype", "set_threads", "PRECISIONS"]
 
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
 PRECISIONS = ("float32", "bfloat16", "auto")
@@ -76,3 +76,17 @@ def autocast_dtype(precision: str, device: torch.device | str = "cpu") -> torch.
     if device.type == "cpu" and cpu_features() & {"avx512_bf16", "amx_bf16"}:
         return torch.bfloat16
     return torch.float32
+
+
+def set_threads(threads) -> int:
+    """Set torch's intra-op threads from params.yaml's ``threads`` (None: leave torch's default); returns the count.
+
+    The stages pin it because results depend on it in the last bits (float sums in another order), so a stage
+    run alone, in a lane beside another (``python -m smoothgeo.pipeline.lanes``) or on another day gives the same
+    bytes for the same ``threads``.
+    """
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"params 'threads' must be null or an integer >= 1, got {threads!r}")
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()

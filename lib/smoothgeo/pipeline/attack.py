@@ -234,9 +234,12 @@ def _attack_parts(model, x, y, settings: list[dict], mine: list, *, model_name: 
     return parts, computed, resumed
 
 
-def _assemble(settings: list[dict], gathered: list[dict], *, sharded: bool, model_name: str, say):
+def _assemble(settings: list[dict], gathered: list[dict], *, sharded: bool, model_name: str, say,
+              keep_images=None):
     """Rank 0: every setting's record and rows from the gathered parts (shards in image order).
 
+    ``keep_images``: names of the settings whose adversarial images (``x_adv``) the record keeps (None: all);
+    the others keep their per-image diagnostics only, so the shipped records stay small.
     Returns ``(records, table, seconds per setting)``.
     """
     records_out: dict[str, dict[str, Tensor]] = {}
@@ -254,7 +257,8 @@ def _assemble(settings: list[dict], gathered: list[dict], *, sharded: bool, mode
             say(f"{model_name} {sid}: {_summary_line(setting, record, frame)} ({len(pieces)} shards)")
         # interned keys: pickle shares equal key objects, so resumed or gathered records (keys unpickled as
         # separate strings) would otherwise give other bytes for the same content
-        records_out[sys.intern(sid)] = {sys.intern(k): v for k, v in record.items()}
+        drop = keep_images is not None and setting["name"] not in keep_images
+        records_out[sys.intern(sid)] = {sys.intern(k): v for k, v in record.items() if not (drop and k == "x_adv")}
         seconds[sid] = secs
         frames.append(frame)
     table = as_table(pd.concat(frames, ignore_index=True)) if frames else as_table(pd.DataFrame(columns=COLUMNS))
@@ -353,6 +357,7 @@ def run(params: dict, model_name: str, *, checkpoints="data/checkpoints", record
     gathered = distributed.gather_to_root(dist, {"parts": parts, "computed": computed, "resumed": resumed})
     if rank == 0:
         records_out, table, seconds = _assemble(settings, gathered, sharded=shard is not None,
+                                                keep_images=section.get("keep_images"),
                                                 model_name=model_name, say=say)
         _save_pt(Path(records) / f"{model_name}.pt", records_out)
         write_table(Path(tables) / f"{model_name}.csv.gz", table)
@@ -390,6 +395,8 @@ def main(argv=None) -> dict:
                              "needs attacks.shard_size, see smoothgeo.pipeline.distributed")
     args = parser.parse_args(argv)
     params = load_params(args.params)
+    from smoothgeo.core.device import set_threads
+    set_threads(params.get("threads"))
     requested = args.device or params.get("device") or "auto"
     if not (args.distributed or distributed.launched()):
         return run(params, args.model, checkpoints=args.checkpoints, records=args.records, tables=args.tables,

@@ -77,7 +77,8 @@ OPTIONAL = ("stall_window", "select")
 SETTING_KEYS = ("method", "kind", "models", "method_options", "evaluated_methods", "epsilon", "n_images", "image_set")
 #: the image sets a setting can run on: the evaluation images, or as many others disjoint from them
 IMAGE_SETS = ("main", "replication")
-SECTION_KEYS = ("n_images", "batch_size", "shard_size", "evaluated_methods", "images", "defaults", "settings")
+SECTION_KEYS = ("n_images", "batch_size", "shard_size", "evaluated_methods", "images", "defaults", "settings",
+                "keep_images")
 #: the attackable methods (SM, IG, SG, UG): every registered method but the captum adapters
 _BUILTIN = tuple(m for m in METHODS if not captum_methods.is_captum(m))
 
@@ -250,8 +251,12 @@ def check_params(params: dict) -> dict:
             if sid in ids:
                 raise ValueError(f"{key}: setting id {sid!r} is used twice; allowed: distinct setting names")
             ids.add(sid)
+    keep = section.get("keep_images")
+    if keep is not None and not (isinstance(keep, list) and all(k in settings for k in keep)):
+        _fail("attacks.keep_images", keep, "null (every record keeps its adversarial images) or a list of setting "
+                                           f"names among {sorted(settings)}")
     return {"n_images": n, "batch_size": bs, "shard_size": shard, "evaluated_methods": evaluated, "defaults": resolved,
-            "settings": settings}
+            "settings": settings, "keep_images": keep}
 
 
 def _setting_id(name: str, epsilon: float) -> str:

@@ -325,10 +325,11 @@ def _test_accuracy(model, data: dict, *, seed: int, device, root) -> float:
 def _run(args) -> None:
     from smoothgeo.data.images import eval_images
     from smoothgeo.store.atomic import atomic_write_json, load_params
-    from smoothgeo.core.device import resolve_device
+    from smoothgeo.core.device import resolve_device, set_threads
 
     start = time.perf_counter()
     params = load_params(args.params)
+    set_threads(params.get("threads"))
     cfg = measure_config(params)
     for key in ("data", "seed"):
         if key not in params:

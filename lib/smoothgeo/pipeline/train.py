@@ -48,7 +48,7 @@ from smoothgeo import __version__
 from smoothgeo.store import checkpoints as ckpt
 from smoothgeo.store.atomic import atomic_write_json, load_params, remove_stale_temps
 from smoothgeo.store.names import check_name, check_param_names, cli_name
-from smoothgeo.core.device import PRECISIONS, autocast_dtype, cpu_features, resolve_device
+from smoothgeo.core.device import PRECISIONS, autocast_dtype, cpu_features, resolve_device, set_threads
 from smoothgeo.core.models import ARCHITECTURES, build_model
 from smoothgeo.training.recipes import OPTIMIZERS, RECIPES, SCHEDULES, check_options, evaluate_accuracy, fit
 
@@ -373,6 +373,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     params = load_params(args.params)
+    set_threads(params.get("threads"))
     config = resolve_config(params, args.name)
     device = args.device or params.get("device") or "auto"
     record = args.record if args.record is not None else f"results/training/{args.name}.json"
