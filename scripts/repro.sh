@@ -87,7 +87,7 @@ lock_or_refuse() {  # $1: lock file; holds fd 9 until this script (and the proce
 # attacks, measures) in two single-thread lanes first (smoothgeo.pipeline.lanes: each stage's own command, then
 # `dvc commit`; the same bytes as `dvc repro`, about 1.5x faster on 2 cores), then `dvc repro` for the rest.
 lanes() {
-  python -m smoothgeo.pipeline.lanes --jobs "${SMOOTHGEO_LANES:-2}" train_scratch train_finetune attack measure
+  python -m smoothgeo.pipeline.lanes --jobs "${SMOOTHGEO_LANES:-2}" data train_scratch train_finetune attack measure
 }
 if [ "$profile" = default ]; then
   mkdir -p "$ROOT/.dvc/tmp"

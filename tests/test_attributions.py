@@ -138,6 +138,40 @@ def test_smoothgrad_sigma_is_fraction_of_image_range():
     assert u.abs().max() <= 0.3 and u.abs().max() > 0.29
 
 
+def test_uniform_noise_has_the_moments_of_u_minus_r_r():
+    """U[-r, r]: mean 0, variance r^2 / 3, symmetric (a one-sided U[0, r] or a U[-r/2, r/2] fails)."""
+    r = 0.3
+    x = torch.rand(2, 1, 8, 8)
+    u = uniform_sampler(r)(x, 400, make_generator("cpu", 1)).flatten().double()   # 51200 draws
+    assert abs(u.mean().item()) < 0.005
+    assert u.var().item() == pytest.approx(r ** 2 / 3, rel=0.03)
+    assert u.min().item() < -0.99 * r and u.max().item() > 0.99 * r and u.abs().max().item() <= r
+    assert (u < 0).double().mean().item() == pytest.approx(0.5, abs=0.01)
+    assert (u < -r / 2).double().mean().item() == pytest.approx(0.25, abs=0.01)   # flat, not peaked
+    assert u.pow(3).mean().item() == pytest.approx(0.0, abs=2e-4)               # no skew
+
+
+class _Cubic(nn.Module):
+    """logit 0 = sum_i x_i^3 / 3, logit 1 = 0: the gradient of logit 0 is x^2, so its mean over x + z is
+    x^2 + Var(z) per pixel (z with mean 0): r^2 / 3 for U[-r, r], sigma^2 for SmoothGrad."""
+
+    def forward(self, x):
+        c = x.flatten(1).pow(3).sum(1) / 3
+        return torch.stack([c, torch.zeros_like(c)], 1)
+
+
+def test_smoothing_of_a_cubic_adds_the_noise_variance():
+    x = torch.rand(2, 1, 4, 4, dtype=torch.float64)
+    x[:, 0, 0, 0] = torch.tensor([0.0, 1.0], dtype=torch.float64)   # image ranges 1 (sigma = noise_level)
+    x[:, 0, 0, 1] = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    model, n = _Cubic(), 4000
+    ug = uniform_gradient(model, x, 0, radius=0.2, samples=n, generator=make_generator("cpu", 2))
+    torch.testing.assert_close(ug, x ** 2 + 0.2 ** 2 / 3, atol=0.01, rtol=0)
+    assert abs((ug - x ** 2).mean().item() - 0.2 ** 2 / 3) < 1e-3
+    sg = smoothgrad(model, x, 0, noise_level=0.2, samples=n, generator=make_generator("cpu", 2))
+    assert abs((sg - x ** 2).mean().item() - 0.2 ** 2) < 1.5e-3
+
+
 def test_smoothgrad_tends_to_saliency_as_sigma_vanishes():
     model = smooth_net(seed=6).float()
     x = torch.rand(3, 1, 4, 4)
