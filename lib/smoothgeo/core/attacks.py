@@ -97,6 +97,8 @@ SELECT = ("kendall", "score")
 #: block size (elements) of :func:`~smoothgeo.core.metrics.kendall_tau` here: cache-sized blocks are ~5x faster than its
 #: default on 28x28 maps, and the result is bit-identical (the block sums are integers, exact in float64)
 KENDALL_BLOCK = 2 ** 18
+#: most steps (and restarts) one attack takes: a larger number is a typo (1e300 would never finish)
+MAX_STEPS = 1_000_000
 
 
 def derive_seed(seed: int, *keys) -> int:
@@ -225,11 +227,11 @@ def _check_settings(*, method, kind, epsilon, step_size, steps, k, beta, restart
         raise ValueError(f"epsilon must be in [0, 1] (L-inf radius in pixel units), got {epsilon}")
     if not finite_number(step_size, "step_size") > 0:
         raise ValueError(f"step_size must be > 0, got {step_size}")
-    _integer(steps, "steps", "an integer >= 0", 0)
+    _integer(steps, "steps", f"an integer >= 0 (at most {MAX_STEPS})", 0, MAX_STEPS)
     _integer(k, "k", f"an integer in [1, {n_pixels}] (the number of pixels in a map)", 1, n_pixels)
     if beta is not None and not finite_number(beta, "beta (softplus surrogate)") > 0:
         raise ValueError(f"beta (softplus surrogate) must be > 0, or None to use the model itself, got {beta}")
-    _integer(restarts, "restarts", "an integer >= 1", 1)
+    _integer(restarts, "restarts", f"an integer >= 1 (at most {MAX_STEPS})", 1, MAX_STEPS)
     if convention not in CONVENTIONS:
         raise ValueError(f"unknown map convention {convention!r}; convention must be one of {list(CONVENTIONS)}")
     if on_reject not in ON_REJECT:

@@ -41,8 +41,12 @@ def make_generator(device, seed: int) -> torch.Generator:
 
 def resolve_target(model: nn.Module, x: Tensor, target) -> Tensor:
     """Turn ``target`` (None / int / sequence / tensor) into a LongTensor (N,) on ``x.device``."""
+    if not isinstance(x, Tensor) or x.dim() < 2:
+        raise ValueError(f"x must be a batched tensor (N, ...), got {type(x).__name__} "
+                         f"with shape {tuple(getattr(x, 'shape', ()))}")
     n = x.shape[0]
     if target is None:
+        check_inputs(x, model)   # the model runs on x
         with torch.no_grad(), eval_mode(model):
             return model(x.detach()).argmax(1)
     if isinstance(target, int):
@@ -60,11 +64,19 @@ def resolve_target(model: nn.Module, x: Tensor, target) -> Tensor:
     return target
 
 
+#: most path points (IG) or noise samples (SG, UG) per image: more is a typo, not a setting (1e300 would try to
+#: allocate them all)
+MAX_POINTS = 100_000
+
+
 def _count(value, name: str) -> int:
-    """``value`` as an int; ValueError naming ``name`` unless it is an integer >= 1 (an integral float passes)."""
+    """``value`` as an int; ValueError naming ``name`` unless it is an integer in [1, MAX_POINTS] (an integral float
+    passes)."""
     if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 1
             or int(value) != value):
         raise ValueError(f"{name} must be >= 1 (an integer), got {value!r}")
+    if value > MAX_POINTS:
+        raise ValueError(f"{name} must be at most {MAX_POINTS}, got {value!r}")
     return int(value)
 
 
@@ -275,11 +287,16 @@ def attribution_map(attr: Tensor, x: Tensor | None = None, *, times_input: bool 
     Returns:
         (N, H, W) non-negative maps, each summing to H*W (an all-zero map stays zero).
     """
-    if attr.dim() != 4:
-        raise ValueError(f"attribution_map expects (N, C, H, W) attributions, got shape {tuple(attr.shape)}")
+    if not isinstance(attr, Tensor) or attr.dim() != 4:
+        raise ValueError(f"attribution_map expects (N, C, H, W) attributions, got "
+                         f"{type(attr).__name__} of shape {tuple(getattr(attr, 'shape', ()))}")
+    if attr.dtype == torch.bool or attr.is_complex():
+        raise ValueError(f"attribution_map expects real numeric attributions, got dtype {attr.dtype}")
     if times_input:
         if x is None:
             raise ValueError("attribution_map(times_input=True) needs the input x")
+        if not isinstance(x, Tensor) or x.is_complex():
+            raise ValueError(f"attribution_map needs x as a real tensor, got {type(x).__name__}")
         if x.shape != attr.shape:
             raise ValueError(f"x shape {tuple(x.shape)} differs from attribution shape {tuple(attr.shape)}")
         attr = attr * x

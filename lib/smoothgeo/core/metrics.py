@@ -81,6 +81,9 @@ def topk_intersection(m1: Tensor, m2: Tensor, k: int) -> Tensor:
 
 def rank_average(v: Tensor) -> Tensor:
     """Row-wise ranks 1..P with ties given their average rank (``scipy.stats.rankdata(method='average')``)."""
+    if not isinstance(v, Tensor) or v.dim() != 2 or v.is_complex():
+        raise ValueError(f"rank_average expects a real (N, P) tensor, got {type(v).__name__} of shape "
+                         f"{tuple(getattr(v, 'shape', ()))}")
     n, p = v.shape
     sorted_v, order = v.sort(dim=1, stable=True)
     new_group = torch.ones_like(sorted_v, dtype=torch.bool)
