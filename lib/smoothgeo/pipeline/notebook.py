@@ -12,6 +12,11 @@ from params.yaml, so the notebook opened in JupyterLab runs the default profile 
     python -m smoothgeo.pipeline.notebook run NOTEBOOK OUTPUT [--params params.yaml]    execute with papermill
     python -m smoothgeo.pipeline.notebook check-paths [PATH ...]                         no machine paths in outputs
 
+Defaults: the parameters cell as committed is the notebook's defaults. A declared section (or key) that a params
+file lacks (a profile that predates the notebook, or a notebook-only section kept out of the profiles) is taken
+from the cell, with a note on stderr, by ``run`` and kept as it is by ``sync``; only a section that neither the
+params file nor the cell defines is an error. So a new notebook runs on every profile.
+
 ``run`` passes papermill only the declared sections (so no "Passed unknown parameter" lines), uses the
 ``python3`` kernel, compact progress output (``SMOOTHGEO_PROGRESS=quiet`` unless set) and matplotlib's inline
 backend (figures are stored in the executed notebook), then removes timestamps and durations and replaces
@@ -36,8 +41,8 @@ from pathlib import Path
 from smoothgeo.store.progress import set_mode as progress  # noqa: F401 - `smoothgeo.pipeline.notebook.progress("quiet")`
 from smoothgeo.analysis.render import display_path, find_machine_paths, repo_root, scrub_paths
 
-__all__ = ["declared_sections", "select_params", "parameters_source", "sync", "check", "run", "postprocess",
-           "check_paths", "stderr_lines", "image_outputs", "progress", "main"]
+__all__ = ["declared_sections", "select_params", "cell_defaults", "notebook_parameters", "parameters_source", "sync",
+           "check", "run", "postprocess", "check_paths", "stderr_lines", "image_outputs", "progress", "main"]
 
 HEADER = ("# Parameters: generated from params.yaml by `python -m smoothgeo.pipeline.notebook sync` (edit params.yaml,\n"
           "# then sync). papermill replaces them with the same sections of the params file it is given.\n")
@@ -123,6 +128,74 @@ def select_params(params: dict, sections) -> dict:
     return out
 
 
+def _default_value(node):
+    """The value of a parameters-cell right-hand side: a Python literal, or ``float("inf")``/``float("nan")``
+    (what :func:`_literal` writes for non-finite floats), possibly nested; ``ValueError`` for anything else."""
+    import ast
+
+    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "float"
+            and len(node.args) == 1 and not node.keywords and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)):
+        return float(node.args[0].value)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        return -_default_value(node.operand)
+    if isinstance(node, ast.Dict):
+        return {_default_value(k): _default_value(v) for k, v in zip(node.keys, node.values)}
+    if isinstance(node, (ast.List, ast.Tuple)):
+        return [_default_value(v) for v in node.elts]
+    return ast.literal_eval(node)
+
+
+def cell_defaults(nb) -> dict:
+    """``{variable: value}`` assigned in the notebook's parameters cell (its defaults): top-level ``name = value``
+    statements whose value is a literal (see :func:`_default_value`); other statements are skipped."""
+    import ast
+
+    try:
+        tree = ast.parse(parameters_cell(nb).source)
+    except SyntaxError:
+        return {}
+    out = {}
+    for stmt in tree.body:
+        if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
+            try:
+                out[stmt.targets[0].id] = _default_value(stmt.value)
+            except (ValueError, TypeError, SyntaxError):
+                continue
+    return out
+
+
+def notebook_parameters(params: dict, sections, defaults: dict, *, notebook: str = "the notebook",
+                        warn=None) -> dict:
+    """Like :func:`select_params`, but a section (or ``a.b`` key) missing from ``params`` is taken from
+    ``defaults`` (the parameters cell, :func:`cell_defaults`); ``warn(message)`` is called once per fallback.
+    ``KeyError`` when neither defines it."""
+    out: dict = {}
+    for name in sections:
+        head, _, key = name.partition(".")
+        try:
+            part = select_params(params, [name])
+        except KeyError:
+            default = defaults.get(head)
+            if key:
+                if not isinstance(default, dict) or key not in default:
+                    raise KeyError(f"{name!r} is declared by {notebook} but neither the params file nor its "
+                                   f"parameters cell defines it") from None
+                part = {head: {key: default[key]}}
+            elif head in defaults:
+                part = {head: default}
+            else:
+                raise KeyError(f"section {head!r} is declared by {notebook} but neither the params file nor its "
+                               f"parameters cell defines it") from None
+            if warn is not None:
+                warn(f"{notebook}: {name!r} is not in the params file; using the notebook's default")
+        if key:
+            out.setdefault(head, {}).update(part[head])
+        else:
+            out[head] = part[head]
+    return out
+
+
 def _literal(value) -> str:
     """``value`` as a one-line Python literal, strings in double quotes (the notebooks' style)."""
     if isinstance(value, dict):
@@ -155,9 +228,10 @@ def _assign(name: str, value, width: int = 110) -> str:
     return f"{name} = " + _format(value, len(name) + 3, width)
 
 
-def parameters_source(params: dict, sections) -> str:
-    """The source of a parameters cell holding ``sections`` of ``params`` (header, sections line, values)."""
-    values = select_params(params, sections)
+def parameters_source(params: dict, sections, defaults: dict | None = None) -> str:
+    """The source of a parameters cell holding ``sections`` of ``params`` (header, sections line, values); a
+    section ``params`` lacks is taken from ``defaults`` (the cell's current values) when given."""
+    values = select_params(params, sections) if defaults is None else notebook_parameters(params, sections, defaults)
     lines = [HEADER + "# sections: " + ", ".join(sections)]
     lines += [_assign(name, value) for name, value in values.items()]
     return "\n".join(lines)
@@ -187,7 +261,7 @@ def _notebooks(paths) -> list[Path]:
 
 def _expected(nb, params: dict) -> tuple[str, str]:
     cell = parameters_cell(nb)
-    return cell.source, parameters_source(params, declared_sections(nb))
+    return cell.source, parameters_source(params, declared_sections(nb), cell_defaults(nb))
 
 
 def sync(notebooks=(), *, params="params.yaml") -> list[Path]:
@@ -292,7 +366,10 @@ def run(notebook, output, *, params="params.yaml", overrides: dict | None = None
 
     notebook, output = Path(notebook), Path(output)
     root = Path(root) if root is not None else repo_root(cwd)
-    parameters = select_params(_load_params(params), declared_sections(_read(notebook)))
+    nb = _read(notebook)
+    parameters = notebook_parameters(_load_params(params), declared_sections(nb), cell_defaults(nb),
+                                     notebook=display_path(notebook),
+                                     warn=lambda message: print(f"[notebook] {message}", file=sys.stderr))
     parameters.update(overrides or {})
     os.environ.setdefault("SMOOTHGEO_PROGRESS", "quiet")
     os.environ["MPLBACKEND"] = INLINE_BACKEND  # an inherited MPLBACKEND=Agg would hide every figure
