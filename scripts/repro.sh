@@ -4,7 +4,17 @@
 # profiles/PROFILE.yaml in its own workspace runs/PROFILE/, so the committed default results stay untouched.
 # `bash scripts/repro.sh PROFILE-toy` (cifar10-toy, flowers-toy, imagenet-toy) runs the toy version of a
 # paper-scale profile (smoothgeo.pipeline.profiles: synthetic stand-in data, tiny sizes) in runs/PROFILE-toy/.
-# Extra arguments go to `dvc repro` (e.g. `bash scripts/repro.sh default robust_training`).
+# Extra arguments go to `dvc repro` (e.g. `bash scripts/repro.sh default notebook@robust_training`).
+#
+# Default profile, shipped outputs: the committed default run's DVC-cached outputs (checkpoints, attack records)
+# are kept in store/, a DVC remote inside the repository (`shipped`, .dvc/config; filled by scripts/ship.sh).
+# `bash scripts/repro.sh` first pulls what the store has (`dvc pull --allow-missing -r shipped`, offline), then
+# runs `dvc repro`: stages whose code, params and inputs are unchanged and whose outputs are now in place are
+# skipped, so nothing is trained; the data stage re-creates data/raw (not shipped: a copy of the Fashion-MNIST
+# files); missing outputs (notebooks, claims) are regenerated. `--retrain` pulls nothing: whatever is not in
+# the checkout is computed (in a fresh clone: every model, about 40 minutes; see the lanes below).
+# Sweeps: `dvc exp run -S KEY=VALUE` at the repository root (default profile). Profile workspaces are not git
+# repositories, so `dvc exp` cannot run there; an -S argument here says what to run instead.
 #
 # Profile workspaces (runs/PROFILE/) are separate DVC projects that hold only what is theirs:
 #   params.yaml         copied from profiles/PROFILE.yaml on the first run, then the workspace's own (see below)
@@ -46,6 +56,19 @@ if [ "${1:-}" = --retrain ]; then retrain=1; shift; fi
 profile=${1:-default}
 shift || true
 if [ "${1:-}" = --retrain ]; then retrain=1; shift; fi
+for arg in "$profile" "$@"; do  # a parameter sweep (`-S KEY=VALUE`) is `dvc exp run`, not `dvc repro`
+  case "$arg" in
+    -S|-S?*|--set-param|--set-param=*)
+      if [ "$profile" = default ] || [ "$profile" = "$arg" ]; then
+        echo "[repro] a parameter sweep is a DVC experiment: run \`dvc exp run -S KEY=VALUE\` at the repository" \
+             "root (after one \`bash scripts/repro.sh\`, which puts the shipped checkpoints in place)" >&2
+      else
+        echo "[repro] runs/$profile is not a git repository, so \`dvc exp run -S\` cannot run there: set the value in" \
+             "runs/$profile/params.yaml and run \`bash scripts/repro.sh $profile\` (only the stages it touches run)" >&2
+      fi
+      exit 2 ;;
+  esac
+done
 
 # a profile name becomes a folder and a DVC workspace: the name rule of smoothgeo.store.names
 # (^[A-Za-z0-9][A-Za-z0-9_.+-]*$: no '/', no leading '.' or '-', no spaces, ';' or '$')
@@ -89,11 +112,43 @@ lock_or_refuse() {  # $1: lock file; holds fd 9 until this script (and the proce
 lanes() {
   python -m smoothgeo.pipeline.lanes --jobs "${SMOOTHGEO_LANES:-2}" data train_scratch train_finetune attack measure
 }
+# the shipped outputs (default profile without --retrain): pull what store/ has, then name what it lacks (their
+# stages will run); a pull that would overwrite changed copies in the checkout stops the run instead
+pull_shipped() {
+  local log=.dvc/tmp/repro-pull.log
+  if ! dvc remote list 2>/dev/null | grep -q '^shipped[[:space:]]'; then
+    echo "[repro] no DVC remote 'shipped' in .dvc/config: nothing pulled"
+    return 0
+  fi
+  echo "[repro] pulling the shipped checkpoints and attack records from store/ (DVC remote 'shipped', offline)"
+  if ! dvc pull --allow-missing -r shipped >"$log" 2>&1; then
+    cat "$log" >&2
+    echo "[repro] dvc pull stopped (above): this checkout has changed copies of shipped outputs. Keep them and" \
+         "recompute what is missing with \`bash scripts/repro.sh --retrain\`, or restore the shipped ones with" \
+         "\`dvc checkout --force\` and run again." >&2
+    exit 1
+  fi
+  grep -v -e '^WARNING: Some of the cache files' -e '^md5: ' "$log" | tail -n 1 | sed 's/^/[repro] dvc pull: /'
+  python - <<'EOF'
+from pathlib import Path
+
+from dvc.repo import Repo
+
+with Repo(".") as repo:
+    missing = sorted({stage.addressing.split("@")[0] + ("@..." if "@" in stage.addressing else "")
+                      for stage in repo.index.stages for out in stage.outs
+                      if out.use_cache and out.can_push and out.hash_info and out.hash_info.value  # in dvc.lock
+                      and not Path(str(out.fs_path)).exists()})
+if missing:
+    print("[repro] not in store/ nor in this checkout, so these stages will run: " + ", ".join(missing))
+EOF
+}
+
 if [ "$profile" = default ]; then
   mkdir -p "$ROOT/.dvc/tmp"
   lock_or_refuse "$ROOT/.dvc/tmp/repro.sh.lock"
   check_params params.yaml
-  if [ -n "$retrain" ]; then lanes; fi
+  if [ -n "$retrain" ]; then lanes; else pull_shipped; fi
   dvc repro "$@"
   if [ -f results/SUMMARY.md ]; then  # copy the generated tables and figure links into README.md
     python -m smoothgeo.pipeline.summary report --results results --readme README.md
@@ -126,7 +181,9 @@ if [ -n "$toy_of" ]; then
 fi
 
 # entries that belong to the workspace; every other top-level entry of the checkout is linked
-own=" params.yaml dvc.lock data results runs .dvc .git .venv .profile-base.yaml .profile-source.yaml "
+# (store: .dvc/config's remote 'shipped' is the relative path ../store, so in a workspace it names runs/PROFILE/store,
+# the workspace's own, never the default run's store/)
+own=" params.yaml dvc.lock data results runs store .dvc .git .venv .profile-base.yaml .profile-source.yaml "
 top_entries() {  # the checkout's top-level entries, NUL-separated (names with spaces or newlines stay whole)
   if git -C "$ROOT" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
     git -C "$ROOT" ls-files -z -co --exclude-standard | cut -z -d/ -f1 | sort -zu
@@ -208,4 +265,5 @@ if bad:
 EOF
 if [ -n "$retrain" ]; then lanes; fi
 dvc repro "$@"
-echo "[repro] results of profile $profile are in $ws/results"
+echo "[repro] results of profile $profile are in $ws/results (to try other values, edit $ws/params.yaml and run" \
+     "this again: \`dvc exp\` needs git, so it runs at the repository root only)"
