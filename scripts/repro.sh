@@ -123,9 +123,10 @@ pull_shipped() {
   echo "[repro] pulling the shipped checkpoints and attack records from store/ (DVC remote 'shipped', offline)"
   if ! dvc pull --allow-missing -r shipped >"$log" 2>&1; then
     cat "$log" >&2
-    echo "[repro] dvc pull stopped (above): this checkout has changed copies of shipped outputs. Keep them and" \
-         "recompute what is missing with \`bash scripts/repro.sh --retrain\`, or restore the shipped ones with" \
-         "\`dvc checkout --force\` and run again." >&2
+    echo "[repro] dvc pull failed (above), so nothing was run. Either store/ lacks objects that dvc.lock names" \
+         "(\`bash scripts/ship.sh --check\` lists them; \`bash scripts/repro.sh --retrain\` recomputes them), or" \
+         "this checkout has changed copies of shipped outputs (keep them with --retrain, or restore the shipped" \
+         "ones with \`dvc checkout --force\` and run again)." >&2
     exit 1
   fi
   grep -v -e '^WARNING: Some of the cache files' -e '^md5: ' "$log" | tail -n 1 | sed 's/^/[repro] dvc pull: /'
