@@ -8,7 +8,8 @@
 #
 # Default profile, shipped outputs: the committed default run's DVC-cached outputs (checkpoints, attack records)
 # are kept in store/, a DVC remote inside the repository (`shipped`, .dvc/config; filled by scripts/ship.sh).
-# `bash scripts/repro.sh` first pulls what the store has (`dvc pull --allow-missing -r shipped`, offline), then
+# `bash scripts/repro.sh` first pulls what the store has (`dvc pull --allow-missing -r shipped`, offline; another
+# remote: SMOOTHGEO_REMOTE=NAME, or make it the default remote, README "Shared remote"), then
 # runs `dvc repro`: stages whose code, params and inputs are unchanged and whose outputs are now in place are
 # skipped, so nothing is trained; the data stage re-creates data/raw (not shipped: a copy of the Fashion-MNIST
 # files); missing outputs (notebooks, claims) are regenerated. `--retrain` pulls nothing: whatever is not in
@@ -114,14 +115,19 @@ lanes() {
 }
 # the shipped outputs (default profile without --retrain): pull what store/ has, then name what it lacks (their
 # stages will run); a pull that would overwrite changed copies in the checkout stops the run instead
-pull_shipped() {
-  local log=.dvc/tmp/repro-pull.log
-  if ! dvc remote list 2>/dev/null | grep -q '^shipped[[:space:]]'; then
-    echo "[repro] no DVC remote 'shipped' in .dvc/config: nothing pulled"
+pull_shipped() {  # from $SMOOTHGEO_REMOTE, else the default remote (shipped; README, "Shared remote")
+  local log=.dvc/tmp/repro-pull.log remote
+  remote=${SMOOTHGEO_REMOTE:-$(dvc config core.remote 2>/dev/null || true)}
+  if [ -z "$remote" ] || ! dvc remote list 2>/dev/null | grep -q "^$remote[[:space:]]"; then
+    echo "[repro] no DVC remote${remote:+ '$remote'} in .dvc/config: nothing pulled"
     return 0
   fi
-  echo "[repro] pulling the shipped checkpoints and attack records from store/ (DVC remote 'shipped', offline)"
-  if ! dvc pull --allow-missing -r shipped >"$log" 2>&1; then
+  if [ "$remote" = shipped ]; then
+    echo "[repro] pulling the shipped checkpoints and attack records from store/ (DVC remote 'shipped', offline)"
+  else
+    echo "[repro] pulling the cached checkpoints and attack records from DVC remote '$remote'"
+  fi
+  if ! dvc pull --allow-missing -r "$remote" >"$log" 2>&1; then
     cat "$log" >&2
     echo "[repro] dvc pull failed (above), so nothing was run. Either store/ lacks objects that dvc.lock names" \
          "(\`bash scripts/ship.sh --check\` lists them; \`bash scripts/repro.sh --retrain\` recomputes them), or" \

@@ -16,7 +16,9 @@
 # listings), committed to git; a fresh clone's `bash scripts/repro.sh` pulls them offline. It must stay under
 # $SMOOTHGEO_STORE_LIMIT_MIB (default 64) MiB: above that, ship.sh stops and names the largest outputs; move the
 # cache to a shared remote then (README, "Shared remote").
-# SMOOTHGEO_NO_SETUP=1 skips scripts/env.sh, as in repro.sh.
+# SMOOTHGEO_REMOTE=NAME (or another default remote in .dvc/config) pushes to that remote instead (a shared one:
+# README, "Shared remote"), and stops
+# there: the store checks below are for store/ only. SMOOTHGEO_NO_SETUP=1 skips scripts/env.sh, as in repro.sh.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 if [ -n "${SMOOTHGEO_NO_SETUP:-}" ]; then
@@ -31,6 +33,14 @@ case "${1:-}" in
   *) echo "usage: bash scripts/ship.sh [--check]" >&2; exit 2 ;;
 esac
 limit_mib=${SMOOTHGEO_STORE_LIMIT_MIB:-64}
+remote=${SMOOTHGEO_REMOTE:-$(dvc config core.remote 2>/dev/null || true)}
+remote=${remote:-shipped}
+if [ "$remote" != shipped ]; then
+  [ -n "$check_only" ] && { echo "[ship] --check is for store/ (the remote 'shipped') only" >&2; exit 2; }
+  echo "[ship] dvc push -r $remote"
+  dvc push -r "$remote"
+  exit 0
+fi
 
 if ! dvc remote list 2>/dev/null | grep -q '^shipped[[:space:]]'; then
   echo "[ship] .dvc/config has no DVC remote 'shipped' (add it with: dvc remote add -d shipped store)" >&2
