@@ -136,7 +136,7 @@ pull_shipped() {  # from $SMOOTHGEO_REMOTE, else the default remote (shipped; RE
     exit 1
   fi
   grep -v -e '^WARNING: Some of the cache files' -e '^md5: ' "$log" | tail -n 1 | sed 's/^/[repro] dvc pull: /'
-  python - <<'EOF'
+  python - <<'PY'
 from pathlib import Path
 
 from dvc.repo import Repo
@@ -148,7 +148,7 @@ with Repo(".") as repo:
                       and not Path(str(out.fs_path)).exists()})
 if missing:
     print("[repro] not in store/ nor in this checkout, so these stages will run: " + ", ".join(missing))
-EOF
+PY
 }
 
 if [ "$profile" = default ]; then
