@@ -1,5 +1,6 @@
 """Parameter sweeps (issue 22, item 2): `dvc exp run -S KEY=VALUE` at the root, from the shipped cache, re-running
-only what the change touches; profile workspaces say in one line what to run instead.
+only what the change touches; profile workspaces say in one line what to run instead. And parameters across
+profiles (item 3): a notebook section a profile lacks falls back to the notebook's default.
 
 The cause of the old failure (`No such file or directory: .../.dvc/tmp/exps/.../data/raw`): the data root is
 DVC-cached but not shipped, and a run that skips stages with missing outputs (`--allow-missing`, as in `dvc repro
@@ -93,3 +94,58 @@ def test_repro_sh_says_in_one_line_what_to_run_for_a_sweep(tmp_path, args, expec
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0], result.stderr
     assert ran(env) == [] and not (tmp_path / "origin" / "runs").exists()   # nothing ran, no workspace made
+
+
+# --- a notebook's own section on profiles that lack it (issue 22, item 3: the DVC side) -----------------------
+
+def _nb(path: Path, source: str) -> Path:
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell(source)
+    cell.metadata["tags"] = ["parameters"]
+    nb.cells = [cell, nbformat.v4.new_code_cell("print(seed, sg_noise['level'], attacks['n_images'])")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, str(path))
+    return path
+
+
+CELL = ('# sections: seed, sg_noise, attacks.n_images\nseed = 0\nsg_noise = {"level": 0.25, "cap": float("inf")}\n'
+        'attacks = {"n_images": 7}')
+
+
+def test_a_section_a_profile_lacks_falls_back_to_the_notebooks_default(tmp_path, capsys):
+    from smoothgeo.pipeline import notebook as snb
+
+    nb = _nb(tmp_path / "new.ipynb", CELL)
+    params = tmp_path / "params.yaml"
+    params.write_text("seed: 3\nattacks: {n_images: 5}\n")          # a profile without the notebook's sg_noise
+    import nbformat
+
+    values = snb.notebook_parameters(snb._load_params(params), snb.declared_sections(nbformat.read(str(nb), 4)),
+                                     snb.cell_defaults(nbformat.read(str(nb), 4)), warn=print)
+    assert values == {"seed": 3, "sg_noise": {"level": 0.25, "cap": float("inf")}, "attacks": {"n_images": 5}}
+    assert "'sg_noise' is not in the params file" in capsys.readouterr().out
+    # sync keeps the default of the missing section, takes the others from the params file
+    assert snb.sync([nb], params=params) == [nb]
+    assert snb.cell_defaults(nbformat.read(str(nb), 4)) == values
+    assert snb.check([nb], params=params) == {}
+    # a section neither defines is still an error, naming it
+    with pytest.raises(KeyError, match="'other'"):
+        snb.notebook_parameters({"seed": 3}, ["seed", "other"], {"seed": 0})
+
+
+@pytest.mark.slow
+def test_run_executes_a_notebook_on_a_profile_without_its_section(tmp_path):
+    pytest.importorskip("papermill")
+    import nbformat
+
+    from smoothgeo.pipeline import notebook as snb
+
+    nb = _nb(tmp_path / "new.ipynb", CELL)
+    params = tmp_path / "params.yaml"
+    params.write_text("seed: 3\nattacks: {n_images: 5}\n")
+    out = snb.run(nb, tmp_path / "out" / "new.ipynb", params=params, cwd=tmp_path, root=tmp_path)
+    executed = nbformat.read(str(out), 4)
+    printed = "".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
+    assert printed.strip() == "3 0.25 5"
