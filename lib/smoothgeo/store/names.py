@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import re
 
-__all__ = ["parse_model_name", "setting_id", "NAME_RULE", "check_name", "check_param_names", "cli_name"]
+__all__ = ["parse_model_name", "family_and_seed", "setting_id", "NAME_RULE", "check_name", "check_param_names", "cli_name"]
 
 
 def parse_model_name(name: str) -> tuple[str, float | None]:
@@ -40,6 +40,20 @@ def parse_model_name(name: str) -> tuple[str, float | None]:
         raise ValueError(f"model name {name!r} is invalid; allowed: a checkpoint name, or NAME+softplus<beta> "
                          "with beta > 0 (e.g. natural-s0+softplus3)")
     return base, value
+
+
+_FAMILY = re.compile(r"^(?P<family>.+?)-s(?P<seed>\d+)(?P<suffix>\+.*)?$")
+
+
+def family_and_seed(name: str) -> tuple[str, int]:
+    """``"ssr10-s2"`` -> ("ssr10", 2); ``"natural-s0+softplus3"`` -> ("natural+softplus3", 0); no ``-sN``: seed 0.
+
+    The one parser of the naming convention ``<group>-s<seed>[+softplus<beta>]`` (params.yaml's model names).
+    """
+    m = _FAMILY.match(str(name))
+    if not m:
+        return str(name), 0
+    return m["family"] + (m["suffix"] or ""), int(m["seed"])
 
 
 def setting_id(name: str, epsilon: float) -> str:
