@@ -15,7 +15,7 @@ import pandas as pd
 
 from smoothgeo.store.atomic import atomic_path, atomic_write_csv, atomic_write_text, load_params
 
-__all__ = ["repo_root", "results_dir", "save_table", "save_figure", "notebook_params", 
+__all__ = ["repo_root", "results_dir", "save_table", "save_figure", "save_headline", "plot_groups", "notebook_params",
            "display_path", "scrub_paths", "find_machine_paths", "save_metrics", "save_plot_data"]
 
 
@@ -75,6 +75,41 @@ def _round(value, digits: int):
     if isinstance(value, float):
         return None if value != value else round(value, digits)
     return value
+
+
+def save_headline(folder: Path, *, title: str, answer: str, table: str | None = None, figure: str | None = None,
+                  order: int = 100) -> None:
+    """Declare a notebook's headline: its title, the answer paragraph (formatted from its tables, never typed),
+    and the names of its headline table (``<name>.md``) and figure (``<name>.png``) in ``folder``. The report
+    stage puts every declared headline into results/SUMMARY.md and the README, in ``order``."""
+    from smoothgeo.store.atomic import atomic_write_json
+
+    atomic_write_json(Path(folder) / "headline.json", {"title": title, "answer": answer, "order": int(order),
+                                                      "table": None if table is None else f"{table}.md",
+                                                      "figure": None if figure is None else f"{figure}.png"})
+
+
+def plot_groups(ax, units: pd.DataFrame, summary: pd.DataFrame, value: str, *, by: str, order, label: str = "",
+                colors=None) -> None:
+    """One column per group on ``ax``: a dot per unit (``units[value]``, e.g. one model per seed) and the group's
+    mean with its 95 % interval (``summary``, from :func:`smoothgeo.analysis.seed_level.group_means`) as a bar."""
+    import numpy as np
+
+    order = list(order)
+    for i, g in enumerate(order):
+        vals = units.loc[units[by] == g, value].to_numpy(float)
+        color = (colors or {}).get(g, f"C{i % 10}")
+        ax.scatter(i + np.linspace(-0.12, 0.12, len(vals)) if len(vals) > 1 else np.full(len(vals), i), vals,
+                   s=18, color=color, alpha=0.7, zorder=3)
+        row = summary[(summary[by] == g) & (summary.metric == value)]
+        if len(row) and np.isfinite(row["mean"].iloc[0]):
+            m, lo, hi = (float(row[c].iloc[0]) for c in ("mean", "ci_low", "ci_high"))
+            yerr = None if not (np.isfinite(lo) and np.isfinite(hi)) else [[m - lo], [hi - m]]
+            ax.errorbar([i + 0.28], [m], yerr=yerr, fmt="D", color="k", capsize=4, ms=4, zorder=4)
+    ax.set_xticks(range(len(order)), order, rotation=20, ha="right", fontsize=8)
+    ax.set_xlim(-0.5, len(order) - 0.4)
+    if label:
+        ax.set_ylabel(label, fontsize=8)
 
 
 def save_metrics(path, metrics: dict, *, digits: int = 4) -> None:

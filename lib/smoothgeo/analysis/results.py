@@ -33,7 +33,8 @@ STRENGTH_KEY = {"ssr": "scale", "madry": "epsilon", "weight_decay": "weight_deca
 
 def model_table(params: dict, results: str | Path = "results") -> pd.DataFrame:
     """One row per evaluated model: model, checkpoint, family, strength, seed, init, batches, test_accuracy,
-    seconds_per_batch, cost_vs_natural (seconds per batch over the mean of the natural models').
+    val_accuracy and plateau_gain (the validation curve's, see the training records), precision and
+    seconds_per_batch (wall clock: descriptive, never used by a statistic).
 
     The accuracy of a softplus copy is not in a training record; it is filled in from the measure tables by
     the caller when needed (column ``test_accuracy`` is NaN here).
@@ -64,12 +65,11 @@ def model_table(params: dict, results: str | Path = "results") -> pd.DataFrame:
         rows.append({"model": name, "checkpoint": checkpoint, "family": family, "recipe": recipe,
                      "strength": strength, "seed": rec.get("seed"), "init": rec.get("init"), "batches": batches,
                      "test_accuracy": float("nan") if beta is not None else rec.get("test_accuracy"),
+                     "val_accuracy": rec.get("val_accuracy"), "plateau_gain": rec.get("plateau_gain"),
+                     "precision": rec.get("precision"),
+                     # wall-clock, descriptive only: never an input of a statistic (it depends on the machine)
                      "seconds_per_batch": seconds / batches if batches else float("nan")})
-    frame = pd.DataFrame(rows)
-    natural = frame[(frame.family == "natural") & frame.init.isna()].seconds_per_batch.mean()
-    frame["cost_vs_natural"] = frame.seconds_per_batch / natural
-    frame.loc[frame.family == "softplus", "cost_vs_natural"] = 1.0   # the natural model's training, nothing more
-    return frame
+    return pd.DataFrame(rows)
 
 
 def _concat(folder: Path, models: Iterable[str] | None, what: str, read=pd.read_csv) -> pd.DataFrame:
