@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 from smoothgeo.core import geometry, lipschitz
-from smoothgeo.analysis import stats
 
 
 def tiny_net(seed=0, classes=5):
@@ -116,17 +115,6 @@ def test_bound_test_columns_and_invariance():
     assert torch.all(zero["grad_change"] == 0) and torch.all(zero["within_bound"] == 1)
     with pytest.raises(ValueError, match="shape"):
         lipschitz.bound_test(model, x, x[:2], lip["gradient"])
-
-
-def test_bound_summary_rank_and_coverage():
-    g = np.random.default_rng(0)
-    pred = g.uniform(1, 2, 100)
-    frame = pd.DataFrame({"seed": 0, "image": np.arange(100), "predicted_grad_change": pred,
-                          "grad_change": 0.8 * pred + 0.05 * g.normal(size=100)})
-    frame["within_bound"] = (frame.grad_change <= frame.predicted_grad_change).astype(float)
-    out = stats.bound_summary(frame, rng=np.random.default_rng(1), n_boot=200, n_perm=200)
-    assert out["coverage"].estimate == pytest.approx(frame.within_bound.mean())
-    assert out["rank"].estimate > 0.9 and out["rank"].p_value < 0.01
 
 
 # ------------------------------------------------------------------------------------------------ the stage
