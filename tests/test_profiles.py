@@ -211,8 +211,14 @@ def test_dvc_yaml_parses_and_its_code_dependencies_exist():
     pipeline = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     stages = pipeline["stages"]
     assert {"data", "train_scratch", "attack", "measure", "claims", "report"} <= set(stages)
+    variables = {k: v for entry in pipeline.get("vars", []) for k, v in entry.items()}
     for name, stage in stages.items():
         body = stage.get("do", stage)
+        items = [None]                       # a foreach over a vars list: check the path of every item
+        if isinstance(stage.get("foreach"), str) and stage["foreach"].strip("${}") in variables:
+            items = variables[stage["foreach"].strip("${}")]
         for dep in body.get("deps", []):
             if isinstance(dep, str) and dep.startswith(("lib/", "notebooks/")):
-                assert (ROOT / dep).exists(), f"stage {name} depends on missing {dep}"
+                for item in items:
+                    path = dep if item is None else dep.replace("${item}", str(item))
+                    assert "${" not in path and (ROOT / path).exists(), f"stage {name} depends on missing {path}"

@@ -132,12 +132,17 @@ def _matched(treatment: str, metric: str):
     """Against the natural group (full or early-stopped) whose mean validation accuracy is closest to the
     treatment's (the rule of docs/protocol.md, decided before the run)."""
     def compute(t: Tables, rng) -> Inference:
-        acc = t.models.set_index("model").val_accuracy.astype(float)
+        models = t.models.set_index("model")
+        # validation accuracy (held-out training images); a profile without a validation split: test accuracy
+        column = "val_accuracy" if "val_accuracy" in models and models.val_accuracy.notna().any() else "test_accuracy"
+        acc = models[column].astype(float)
         target = acc.reindex(t.group(treatment)).mean()
         options = {role: acc.reindex(t.group(role)).mean() for role in ("natural", "matched_accuracy")}
+        if not all(np.isfinite([target, *options.values()])):
+            raise NotEstimable(f"no {column} for {treatment}, natural or matched_accuracy models")
         role = min(options, key=lambda r: abs(options[r] - target))
         res = _paired(treatment, role, metric)(t, rng)
-        res.method += f"; baseline {role} (val acc {options[role]:.3f} vs {target:.3f})"
+        res.method += f"; baseline {role} ({column} {options[role]:.3f} vs {target:.3f})"
         return res
     return compute
 
