@@ -29,7 +29,7 @@ from smoothgeo.analysis import claims
 from smoothgeo.analysis.support import headline_metrics, learning_curves, load_tables, support_tables
 from smoothgeo.store.atomic import atomic_write_text, load_params
 
-__all__ = ["run_claims", "report_text", "collapsed_dag", "update_readme", "main"]
+__all__ = ["run_claims", "report_text", "findings_text", "collapsed_dag", "update_readme", "main"]
 
 
 def _protocol_commit() -> dict:
@@ -139,6 +139,42 @@ def report_text(results: Path, *, link_prefix: str = "", short: bool = False) ->
     return "\n".join(parts) + "\n"
 
 
+_RQ = {"RQ1": "RQ1, geometry", "RQ2": "RQ2, the Lipschitz bound", "RQ3": "RQ3, transfer between methods",
+       "RQ4": "RQ4, robust training and smoothing"}
+
+
+def findings_text(results: Path) -> str:
+    """Every claim of the run in plain words (:func:`smoothgeo.analysis.claims.plain_words`), grouped by research
+    question, then the replication rows and the claims this run could not estimate: the README's findings block,
+    formatted from results/claims*, never typed."""
+    results = Path(results)
+    table = pd.read_csv(results / "claims.csv")
+    parts = [f"Formatted from `results/claims.csv` by the report stage: effects are oriented so that positive = "
+             f"the paper's direction, intervals have training seeds (or models) as the unit, p-values are "
+             f"Holm-adjusted over the {len(table)} main claims. {claims.VERDICT_RULE}.", ""]
+    counts = table.verdict.value_counts()
+    parts += ["Verdicts: " + ", ".join(f"{int(counts.get(v, 0))} {v}" for v in claims.VERDICTS) + ".", ""]
+    for rq in sorted(table.rq.unique()):
+        parts.append(f"**{_RQ.get(rq, rq)}.**")
+        parts += [f"- {claims.plain_words(r)}" for _, r in table[table.rq == rq].iterrows()]
+        parts.append("")
+    rep = results / "claims" / "replication.csv"
+    if rep.exists():
+        rows = pd.read_csv(rep)
+        if len(rows):
+            parts.append("**Replication** (images and seeds not used while developing; Holm within these rows).")
+            parts += [f"- {claims.plain_words(r)}" for _, r in rows.iterrows()]
+            parts.append("")
+    gaps = results / "claims" / "not_estimable.csv"
+    if gaps.exists():
+        rows = pd.read_csv(gaps)
+        if len(rows):
+            parts.append("**Not estimable in this run:** " + "; ".join(f"{r.id} ({r.reason})" for r in rows.itertuples())
+                         + ".")
+            parts.append("")
+    return "\n".join(parts) + "\n"
+
+
 def collapsed_dag(mermaid: str) -> str:
     """``dvc dag --mermaid`` with every ``foreach`` stage folded into one node (``attack (x21)``), edges deduplicated,
     so the pipeline reads as a graph of a dozen nodes instead of hundreds."""
@@ -219,6 +255,8 @@ def main(argv=None) -> int:
         if args.readme:
             update_readme(Path(args.readme), "## Results of the default run\n\n"
                           + report_text(results, link_prefix="results/", short=True))
+            update_readme(Path(args.readme), findings_text(results), start="<!-- findings:start -->",
+                          end="<!-- findings:end -->")
             dag = _dag_markdown()
             if dag:
                 update_readme(Path(args.readme), dag, start="<!-- dag:start -->", end="<!-- dag:end -->")
