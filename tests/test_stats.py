@@ -56,3 +56,14 @@ def test_correlations_with_too_few_units_are_nan():
     assert np.isnan(across_correlation(few, "x", "y", rng=np.random.default_rng(0)).estimate)
     frame = pd.DataFrame({"model": "m", "image": [0, 1, 2], "x": [1.0, 2, 3], "y": [3.0, 2, 1]})
     assert np.isnan(within_correlation(frame, "x", "y", rng=np.random.default_rng(0)).estimate)
+
+
+def test_fast_ranks_equal_scipy_rankdata_with_and_without_ties():
+    from smoothgeo.analysis.seed_level import _partial_r, _ranks
+
+    g = np.random.default_rng(5)
+    for v in (g.normal(size=50), g.integers(0, 5, 60).astype(float), np.array([2.0, 2.0]), np.array([1.0])):
+        np.testing.assert_array_equal(_ranks(v), st.rankdata(v))
+    x, y = g.normal(size=40), g.normal(size=40)
+    assert _partial_r(x, y, None) == pytest.approx(st.spearmanr(x, y).statistic, abs=1e-12)
+    assert np.isnan(_partial_r(np.ones(5), y[:5], None))       # a constant column: no correlation, NaN
