@@ -78,15 +78,17 @@ def _round(value, digits: int):
 
 
 def save_headline(folder: Path, *, title: str, answer: str, table: str | None = None, figure: str | None = None,
-                  order: int = 100) -> None:
+                  order: int = 100, more_figures: tuple = ()) -> None:
     """Declare a notebook's headline: its title, the answer paragraph (formatted from its tables, never typed),
-    and the names of its headline table (``<name>.md``) and figure (``<name>.png``) in ``folder``. The report
-    stage puts every declared headline into results/SUMMARY.md and the README, in ``order``."""
+    and the names of its headline table (``<name>.md``) and figure (``<name>.png``) in ``folder``, and
+    ``more_figures`` shown after it. The report stage puts every declared headline into results/SUMMARY.md and the
+    README, in ``order``."""
     from smoothgeo.store.atomic import atomic_write_json
 
     atomic_write_json(Path(folder) / "headline.json", {"title": title, "answer": answer, "order": int(order),
                                                       "table": None if table is None else f"{table}.md",
-                                                      "figure": None if figure is None else f"{figure}.png"})
+                                                      "figure": None if figure is None else f"{figure}.png",
+                                                      "more_figures": [f"{f}.png" for f in more_figures]})
 
 
 def plot_groups(ax, units: pd.DataFrame, summary: pd.DataFrame, value: str, *, by: str, order, label: str = "",

@@ -66,9 +66,9 @@ def run_claims(params: dict, results: str | Path = "results") -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------------------------------------ report
-def _sections(results: Path) -> list[tuple[str, str | None, str | None, str]]:
+def _sections(results: Path) -> list[tuple[str, str | None, list[str], str]]:
     """Every notebook's headline (``results/<notebook>/headline.json``, written by
-    :func:`smoothgeo.analysis.render.save_headline`): (title, table, figure, answer), in the notebooks' order.
+    :func:`smoothgeo.analysis.render.save_headline`): (title, table, figures, answer), in the notebooks' order.
     A new notebook reaches SUMMARY.md and the README by writing its headline; the report code does not change."""
     from smoothgeo.store.atomic import read_json
 
@@ -76,8 +76,9 @@ def _sections(results: Path) -> list[tuple[str, str | None, str | None, str]]:
     for path in sorted(Path(results).glob("*/headline.json")):
         h = read_json(path)
         folder = path.parent.name
-        out.append((int(h.get("order", 100)), h["title"], h.get("table") and f"{folder}/{h['table']}",
-                    h.get("figure") and f"{folder}/{h['figure']}", h.get("answer", "")))
+        figures = [f"{folder}/{f}" for f in [h.get("figure"), *(h.get("more_figures") or [])] if f]
+        out.append((int(h.get("order", 100)), h["title"], h.get("table") and f"{folder}/{h['table']}", figures,
+                    h.get("answer", "")))
     return [x[1:] for x in sorted(out, key=lambda x: (x[0], x[1]))]
 
 
@@ -119,8 +120,8 @@ def report_text(results: Path, *, link_prefix: str = "", short: bool = False) ->
              f"models) as the unit (the method column of [claims.csv]({link_prefix}claims.csv) says which); p "
              f"adjusted by Holm across the {len(table)} rows. Verdict rule: {claims.VERDICT_RULE}. The design was "
              f"fixed in docs/protocol.md before the run.\n", _claims_markdown(table), ""]
-    for title, tab, figure, answer in _sections(results):
-        if (tab and not (results / tab).exists()) or (figure and not (results / figure).exists()):
+    for title, tab, figures, answer in _sections(results):
+        if (tab and not (results / tab).exists()) or not all((results / f).exists() for f in figures):
             continue
         parts.append(f"### {title}\n")
         if answer:
@@ -129,7 +130,7 @@ def report_text(results: Path, *, link_prefix: str = "", short: bool = False) ->
             parts += [f"Table: [{tab}]({link_prefix}{tab})", ""]
         elif tab:
             parts += [(results / tab).read_text().rstrip(), ""]
-        if figure:
+        for figure in figures:
             parts += [f"![{title}]({link_prefix}{figure})", ""]
     timings = _timings_markdown(results, grouped=short)
     if timings:
