@@ -60,7 +60,12 @@ class Run:
         """A table the claims stage wrote (``results/claims/<name>.csv``); an empty frame if it wrote none
         (e.g. a profile without the stronger reference attack)."""
         path = self.root / "results" / "claims" / f"{name}.csv"
-        return pd.read_csv(path) if path.exists() else pd.DataFrame()
+        if not path.exists():
+            return pd.DataFrame()
+        try:
+            return pd.read_csv(path)
+        except pd.errors.EmptyDataError:      # a table with no rows and no columns
+            return pd.DataFrame()
 
     def answer(self, ids) -> str:
         """The named claims in plain words (:func:`smoothgeo.analysis.claims.plain_words`), one sentence each,

@@ -43,7 +43,8 @@ def learning_curves(params: dict, results: Path) -> pd.DataFrame:
             rows.append({"model": name, "recipe": rec.get("recipe"), "seed": rec.get("seed"), "batch": step,
                          "val_accuracy": acc, "plateau_gain": rec.get("plateau_gain"),
                          "test_accuracy": rec.get("test_accuracy")})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["model", "recipe", "seed", "batch", "val_accuracy", "plateau_gain",
+                                       "test_accuracy"])
 
 
 def _eps_curve(t: claims.Tables) -> pd.DataFrame:
