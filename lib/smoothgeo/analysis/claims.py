@@ -85,6 +85,16 @@ class Tables:
             self._cache["settings"] = set(self.attacks.setting.unique())
         return self._cache["settings"]
 
+    def summary(self) -> pd.DataFrame:
+        """The per-model summary under the headline ensemble and its floor (:func:`frames.model_summary`),
+        computed once per run and shared by the claims, the support tables and the metrics."""
+        if "summary" not in self._cache:
+            grid = self.params["attacks"]["defaults"].get("surrogates", [10.0])
+            self._cache["summary"] = frames.model_summary(self.models, self.attacks, self.measures,
+                                                          head=self.setting("SM-topk"),
+                                                          floor=self.setting("SM-random"), grid=grid)
+        return self._cache["summary"]
+
     def beyond(self, attack: str, floor: str, *, eps: float | None = None, evaluated: str | None = None):
         key = ("beyond", attack, floor, eps, evaluated)
         if key not in self._cache:
@@ -173,9 +183,7 @@ def _curvature_within(t: Tables, rng) -> Inference:
 
 
 def _curvature_across(t: Tables, rng) -> Inference:
-    grid = t.params["attacks"]["defaults"].get("surrogates", [10.0])
-    s = frames.model_summary(t.models, t.attacks, t.measures, head=t.setting("SM-topk"),
-                             floor=t.setting("SM-random"), grid=grid)
+    s = t.summary()
     s = s[s.family != "softplus"]
     return across_correlation(s, "lambda_max", "topk_beyond", rng=rng, covariate="test_accuracy")
 

@@ -15,7 +15,7 @@ import pandas as pd
 
 from smoothgeo.analysis import claims, frames
 from smoothgeo.analysis.results import load_attacks, load_measures, model_table
-from smoothgeo.analysis.seed_level import claim_seed
+from smoothgeo.analysis.seed_level import claim_seed, t_interval
 
 __all__ = ["load_tables", "support_tables", "learning_curves", "headline_metrics"]
 
@@ -49,8 +49,6 @@ def learning_curves(params: dict, results: Path) -> pd.DataFrame:
 
 def _eps_curve(t: claims.Tables) -> pd.DataFrame:
     """Per central group and eps: mean raw top-k and damage beyond noise, seed-level t intervals."""
-    from scipy import stats as st
-
     rows = []
     for eps, attack, floor in [(0.05, "SM-topk-small", "SM-random-small"), (t.eps, "SM-topk", "SM-random"),
                                (0.2, "SM-topk-large", "SM-random-large")]:
@@ -65,10 +63,9 @@ def _eps_curve(t: claims.Tables) -> pd.DataFrame:
                 continue
             per_seed = g.groupby("seed")[["topk", "topk_beyond"]].mean()
             for col in ("topk", "topk_beyond"):
-                v = per_seed[col].to_numpy(float)
-                half = float(st.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else np.nan
-                rows.append({"group": role, "epsilon": eps, "metric": col, "mean": v.mean() if len(v) else np.nan,
-                             "ci_low": v.mean() - half, "ci_high": v.mean() + half, "n_seeds": len(v)})
+                mean, lo, hi, _ = t_interval(per_seed[col].to_numpy(float))
+                rows.append({"group": role, "epsilon": eps, "metric": col, "mean": mean, "ci_low": lo,
+                             "ci_high": hi, "n_seeds": len(per_seed)})
     return pd.DataFrame(rows)
 
 
@@ -93,10 +90,7 @@ def _power(t: claims.Tables, table: pd.DataFrame) -> pd.DataFrame:
 
 def support_tables(t: claims.Tables, table: pd.DataFrame, *, seed: int) -> dict[str, pd.DataFrame]:
     """The tables the claims rest on, which the notebooks show (results/claims/<name>.csv)."""
-    grid = t.params["attacks"]["defaults"].get("surrogates", [10.0])
-    out = {"model_summary": frames.model_summary(t.models, t.attacks, t.measures, head=t.setting("SM-topk"),
-                                                 floor=t.setting("SM-random"), grid=grid),
-           "eps_curve": _eps_curve(t), "power": _power(t, table)}
+    out = {"model_summary": t.summary(), "eps_curve": _eps_curve(t), "power": _power(t, table)}
     try:
         out["strength_check"] = frames.strength_check(
             t.attacks, ensemble=t.setting("SM-topk"), reference=t.setting("SM-topk-strong"),
@@ -114,8 +108,7 @@ def support_tables(t: claims.Tables, table: pd.DataFrame, *, seed: int) -> dict[
 
 def headline_metrics(table: pd.DataFrame, t: claims.Tables) -> dict:
     """A handful of headline figures per central group, for ``dvc metrics show`` (details stay in results/)."""
-    s = frames.model_summary(t.models, t.attacks, t.measures, head=t.setting("SM-topk"), floor=t.setting("SM-random"),
-                             grid=t.params["attacks"]["defaults"].get("surrogates", [10.0]))
+    s = t.summary()
     out = {}
     for role in ("natural", "ssr", "madry"):
         try:
