@@ -306,3 +306,51 @@ def test_ensemble_settings(trained):
             attack(model, x, y, steps=1, k=10, surrogates=bad)
     with pytest.raises(ValueError, match="select must be one of"):
         attack(model, x, y, steps=1, k=10, select="topk")
+
+
+# ------------------------------------------------------------------------------------------- the L2 threat model
+@pytest.mark.parametrize("kind", ["topk", "random", "mass_center"])
+def test_l2_attack_stays_in_the_ball_and_keeps_the_label(trained, kind):
+    """norm='l2': every returned image lies in the L2 ball (and in [0, 1]) and keeps its label."""
+    model, x, y = trained
+    eps = 0.8   # an L2 radius: a few pixels' worth, well above any single pixel's range
+    r = attack(model, x, y, kind=kind, epsilon=eps, step_size=0.2, steps=6, restarts=2, beta=10.0, norm="l2",
+               seed=3)
+    assert r.norm == "l2"
+    assert float(r.l2.max()) <= eps + 1e-5
+    assert torch.allclose(r.l2, (r.x_adv - x).flatten(1).norm(dim=1))
+    assert float(r.x_adv.min()) >= 0 and float(r.x_adv.max()) <= 1
+    with torch.no_grad():
+        assert bool((model(r.x_adv).argmax(1)[r.attacked] == y[r.attacked]).all())
+    moved = r.l2[r.attacked]
+    assert float(moved.max()) > 0.5 * eps    # it does move: the budget is used, not ignored
+    if kind == "topk":   # an L2 top-k attack beats L2 noise of the same budget on this model
+        noise = attack(model, x, y, kind="random", epsilon=eps, steps=12, norm="l2", seed=3)
+        assert float(r.score[r.attacked].mean()) < float(noise.score[noise.attacked].mean())
+
+
+def test_l2_noise_draws_sit_on_the_sphere():
+    from smoothgeo.core.threat import Threat
+
+    x = torch.full((5, 1, 8, 8), 0.5)
+    t = Threat(x, 0.7, "l2")
+    g = torch.Generator().manual_seed(0)
+    assert torch.allclose((t.noise(g) - x).flatten(1).norm(dim=1), torch.full((5,), 0.7), atol=1e-5)
+    starts = torch.stack([(t.random_start(g) - x).flatten(1).norm(dim=1) for _ in range(200)])
+    assert float(starts.max()) <= 0.7 + 1e-5
+    # uniform in a 64-dimensional ball: the radius' CDF is (r / eps)^64, so its median is eps * 0.5^(1/64)
+    assert abs(float(starts.median()) - 0.7 * 0.5 ** (1 / 64)) < 0.01
+    far = t.project(x + 10.0)
+    assert torch.allclose((far - x).flatten(1).norm(dim=1), torch.full((5,), 0.7), atol=1e-5)
+
+
+def test_l2_linf_radius_checks():
+    x, y = make_data(2, seed=0)
+    model = tiny_cnn().eval()
+    with pytest.raises(ValueError, match=r"norm must be one of"):
+        attack(model, x, y, norm="l1", steps=1)
+    with pytest.raises(ValueError, match=r"epsilon must be in \[0, 1\] for norm='linf'"):
+        attack(model, x, y, epsilon=1.5, steps=1)
+    with pytest.raises(ValueError, match=r"epsilon must be in \[0, 12\] for norm='l2'"):
+        attack(model, x, y, epsilon=13.0, steps=1, norm="l2")
+    attack(model, x, y, epsilon=1.5, steps=1, norm="l2")   # an L2 radius above 1 is fine

@@ -1,10 +1,13 @@
-"""The iterative L-inf attribution attack: one loop, four losses.
+"""The iterative attribution attack: one loop, four losses, two threat models (L-inf and L2).
 
 Ghorbani et al. 2019 ("Interpretation of Neural Networks is Fragile", arXiv 1710.10547) for top-k, mass-centre
 and random; Dombrowski et al. 2019 ("Explanations can be manipulated and geometry is to blame",
 arXiv 1906.07983) for the targeted attack. Every kind runs the same loop (:func:`attack`)::
 
     x'_{t+1} = Proj_{B_inf(x, eps) ∩ [0,1]}(x'_t - step_size * sign(grad_x loss(x'_t)))
+
+(``norm="l2"``: the L2 ball, with the step ``step_size * grad / ||grad||_2``; :mod:`smoothgeo.core.threat`
+holds the projection, steps and noise of both balls.)
 
 and the kinds differ only in the loss handed to it (``LOSSES``, each *minimised*, one value per image) and in
 the score used to pick the returned iterate (``SCORES``, lower = more successful attack):
@@ -85,9 +88,11 @@ from smoothgeo.core.attributions import METHODS, attribute, make_generator, map_
 from smoothgeo.core.checks import check_images, eval_mode, finite_number, finite_tensor
 from smoothgeo.core.metrics import kendall_tau, mass_center, mass_center_dislocation, topk_intersection
 from smoothgeo.core.models import softplus_copy
+from smoothgeo.core.threat import NORMS, Threat, check_norm
+from smoothgeo.core.threat import size as perturbation_size
 
 __all__ = ["attack", "AttackResult", "KINDS", "LOSSES", "SCORES", "CONVENTIONS", "RANDOM_METHODS",
-           "derive_seed", "eval_mode", "check_images"]
+           "derive_seed", "eval_mode", "check_images", "NORMS"]
 
 KINDS = ("topk", "mass_center", "targeted", "random")
 CONVENTIONS = ("grad_times_input", "abs")
@@ -136,7 +141,8 @@ class AttackResult:
             ensemble's worst case for Kendall, whichever run ``select`` returned (equal to ``kendall`` with
             ``select="kendall"``); NaN where not attacked.
         linf: (N,) L-inf size of ``x_adv - x``.
-        kind, method, epsilon: the attack's settings.
+        l2: (N,) L2 size of ``x_adv - x``.
+        kind, method, epsilon, norm: the attack's settings.
         surrogates: the softplus betas of the members (None = the model's own gradient); ``(None,)`` for
             ``kind="random"``, which uses no surrogate.
     """
@@ -159,6 +165,8 @@ class AttackResult:
     method: str
     epsilon: float
     surrogates: tuple = (None,)
+    l2: Tensor | None = None
+    norm: str = "linf"
 
 
 # ----------------------------------------------------------------------------------------------------- losses
@@ -218,13 +226,12 @@ def _integer(value, name: str, allowed: str, lo: int, hi: float = float("inf")) 
 
 
 def _check_settings(*, method, kind, epsilon, step_size, steps, k, beta, restarts, convention, on_reject,
-                    n_pixels, batch_size, stall_window, surrogates, select):
+                    n_pixels, batch_size, stall_window, surrogates, select, norm="linf", n_features=1):
     if method not in METHODS:
         raise ValueError(f"unknown attribution method {method!r}; method must be one of {sorted(METHODS)}")
     if kind not in KINDS:
         raise ValueError(f"unknown attack kind {kind!r}; kind must be one of {list(KINDS)}")
-    if not 0 <= finite_number(epsilon, "epsilon") <= 1:
-        raise ValueError(f"epsilon must be in [0, 1] (L-inf radius in pixel units), got {epsilon}")
+    check_norm(norm, finite_number(epsilon, "epsilon"), n_features)
     if not finite_number(step_size, "step_size") > 0:
         raise ValueError(f"step_size must be > 0, got {step_size}")
     _integer(steps, "steps", f"an integer >= 0 (at most {MAX_STEPS})", 0, MAX_STEPS)
@@ -286,22 +293,19 @@ def _original_eval(model, x, y, method, options, seed, convention):
 
 
 def _direction(kind, surrogate, x, y, method, options, generator, convention, ctx) -> Tensor:
-    """``-sign(grad_x loss)`` through the surrogate's attribution (double backpropagation)."""
+    """``-grad_x loss`` through the surrogate's attribution (double backpropagation); the threat model turns it
+    into a step (its sign for L-inf)."""
     xg = x.detach().requires_grad_(True)
     with torch.enable_grad():
         attr = attribute(method, surrogate, xg, y, generator=generator, create_graph=True, **options)
         loss = LOSSES[kind](map_of(method, attr, xg, convention=convention), xg, ctx)
         (grad,) = torch.autograd.grad(loss.sum(), xg, allow_unused=True)
-    return torch.zeros_like(x) if grad is None else -grad.sign()
-
-
-def _random_sign(shape, generator, device, dtype) -> Tensor:
-    return torch.randint(0, 2, shape, generator=generator, device=device).to(dtype) * 2 - 1
+    return torch.zeros_like(x) if grad is None else -grad
 
 
 def _attack_batch(model, surrogates, x, y, *, kind, method, options, direction_options, epsilon, step_size, steps,
                   k, restarts, seed, target_map, convention, map_weight, output_weight, on_reject, stall_window,
-                  select, bar):
+                  select, bar, norm="linf"):
     """Attack a batch of correctly classified images with every surrogate (member) and restart.
 
     Returns a dict of per-image tensors named as :class:`AttackResult`'s fields. Every member uses the same
@@ -321,7 +325,7 @@ def _attack_batch(model, surrogates, x, y, *, kind, method, options, direction_o
     score_of = SCORES[kind]
     clean_score = score_of(clean_map, base)
 
-    lo, hi = (x - epsilon).clamp(0, 1), (x + epsilon).clamp(0, 1)
+    threat = Threat(x, epsilon, norm)
     counts = torch.zeros(n, dtype=torch.long, device=dev)
     out = {"x_adv": x.clone(), "score": clean_score.clone(), "kendall": torch.full((n,), float("nan"), device=dev,
            dtype=dt), "restart": counts.clone(), "member": counts.clone(), "accepted_steps": counts.clone(),
@@ -362,21 +366,20 @@ def _attack_batch(model, surrogates, x, y, *, kind, method, options, direction_o
                 return torch.where(ok.view(col), x_prop, x_cur)
 
             if r > 0:  # random start inside the ball
-                u = torch.rand(x.shape, generator=g_threat, device=dev, dtype=dt)
-                x_cur = propose(torch.minimum(torch.maximum(x + (2 * u - 1) * epsilon, lo), hi), x_cur)
+                x_cur = propose(threat.project(threat.random_start(g_threat)), x_cur)
             for _ in range(steps):
                 if kind == "random":
-                    step = epsilon * _random_sign(x.shape, g_threat, dev, dt)
-                    x_prop = x + step
+                    x_prop = threat.noise(g_threat)
                 else:
                     d = _direction(kind, surrogate, x_cur, y, method, direction_options, g_direction, convention,
                                    ctx)
                     flat = d.flatten(1).abs().amax(1) == 0
                     if bool(flat.any()):
                         out["zero_directions"] += flat.long()
-                        d = torch.where(flat.view(col), _random_sign(x.shape, g_threat, dev, dt), d)
+                        d = torch.where(flat.view(col), threat.fallback(g_threat), d)
+                    d = threat.step(d)
                     x_prop = x_cur + (step_size * d if on_reject != "backtrack" else alpha.view(col) * d)
-                x_cur = propose(torch.minimum(torch.maximum(x_prop, lo), hi), x_cur)
+                x_cur = propose(threat.project(x_prop), x_cur)
                 bar.update(1)
 
             tau = kendall_tau(clean_map, best_map, max_elements=KENDALL_BLOCK)
@@ -401,8 +404,8 @@ def attack(model: nn.Module, x: Tensor, y, *, method: str = "SM", kind: str = "t
            convention: str = "grad_times_input", map_weight: float = 1.0, output_weight: float = 1.0,
            on_reject: str = "backtrack", batch_size: int | None = None, progress: bool = False,
            stall_window: int = 5, surrogates: Sequence[float | None] | None = None,
-           select: str = "kendall") -> AttackResult:
-    """Iterative L-inf attack on an attribution method (see the module docstring for the loop and the kinds).
+           select: str = "kendall", norm: str = "linf") -> AttackResult:
+    """Iterative attack on an attribution method (see the module docstring for the loop and the kinds).
 
     Args:
         model: maps (N, C, H, W) images in [0, 1] to logits; every score and the label check use it.
@@ -410,8 +413,9 @@ def attack(model: nn.Module, x: Tensor, y, *, method: str = "SM", kind: str = "t
         y: (N,) labels; only images with ``model(x).argmax(1) == y`` are attacked.
         method: the attacked attribution, one of "SM", "IG", "SG", "UG".
         kind: "topk", "mass_center", "targeted" or "random".
-        epsilon: L-inf radius in pixel units, in [0, 1].
-        step_size: alpha, the size of each signed step (> 0; unused by "random").
+        epsilon: radius of the ball: L-inf in pixel units, in [0, 1]; L2 in [0, sqrt(C*H*W)].
+        step_size: alpha, the size of each step (> 0; unused by "random"): the signed step's size for L-inf, the
+            step's L2 length for L2.
         steps: iterations per restart (for "random": noise draws per restart, the same for every method).
         k: pixels in the top-k set, in [1, H*W].
         beta: softplus beta of the surrogate that gives the attack direction; None uses ``model`` itself.
@@ -449,6 +453,7 @@ def attack(model: nn.Module, x: Tensor, y, *, method: str = "SM", kind: str = "t
             top-k intersection, dislocation, distance to the target). Ties keep the earlier run (members in
             the given order, restarts inside each member). Within a run the iterate is always the one with the
             lowest score.
+        norm: the threat model, "linf" (default) or "l2" (:mod:`smoothgeo.core.threat`).
     Returns:
         :class:`AttackResult`.
     Raises:
@@ -458,7 +463,8 @@ def attack(model: nn.Module, x: Tensor, y, *, method: str = "SM", kind: str = "t
     _, _, h, w = x.shape
     _check_settings(method=method, kind=kind, epsilon=epsilon, step_size=step_size, steps=steps, k=k, beta=beta,
                     restarts=restarts, convention=convention, on_reject=on_reject, n_pixels=h * w,
-                    batch_size=batch_size, stall_window=stall_window, surrogates=surrogates, select=select)
+                    batch_size=batch_size, stall_window=stall_window, surrogates=surrogates, select=select,
+                    norm=norm, n_features=x[0].numel())
     for weight, value in (("map_weight", map_weight), ("output_weight", output_weight)):
         finite_number(value, weight)
     betas = (beta,) if surrogates is None else tuple(None if b is None else float(b) for b in surrogates)
@@ -522,7 +528,7 @@ def attack(model: nn.Module, x: Tensor, y, *, method: str = "SM", kind: str = "t
                                     restarts=int(restarts), seed=derive_seed(seed, "batch", b), target_map=tm,
                                     convention=convention, map_weight=map_weight, output_weight=output_weight,
                                     on_reject=on_reject, stall_window=int(stall_window), select=select,
-                                    bar=bar)
+                                    bar=bar, norm=norm)
                 for key, value in part.items():
                     out[key][idx] = value
         finally:
@@ -530,5 +536,5 @@ def attack(model: nn.Module, x: Tensor, y, *, method: str = "SM", kind: str = "t
         with torch.no_grad():
             label_kept = model(out["x_adv"]).argmax(1) == clean_pred
     return AttackResult(**out, attacked=attacked, label_kept=label_kept,
-                        linf=(out["x_adv"] - x).flatten(1).abs().amax(1), kind=kind, method=method,
-                        epsilon=float(epsilon), surrogates=betas)
+                        linf=perturbation_size(out["x_adv"] - x, "linf"), l2=perturbation_size(out["x_adv"] - x, "l2"), kind=kind,
+                        method=method, epsilon=float(epsilon), surrogates=betas, norm=norm)

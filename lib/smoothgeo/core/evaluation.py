@@ -53,14 +53,14 @@ __all__ = ["run_setting", "make_setting", "evaluate", "noise_floor", "summarise"
 METRIC_COLUMNS = ["topk", "kendall", "spearman", "mass_center", "cosine"]
 #: the columns of every results table (the attack stage's ``results/attacks/<model>.csv.gz``), in order
 COLUMNS = ["model", "setting", "attacked_method", "kind", "epsilon", "image", "label", "evaluated_method",
-           *METRIC_COLUMNS, "score", "target_distance", "clean_target_distance", "linf", "attacked", "label_kept",
-           "clean_conf", "adv_conf", "restart", "member", "beta", "accepted_steps", "rejected_steps", "stalled",
+           *METRIC_COLUMNS, "score", "target_distance", "clean_target_distance", "linf", "l2", "attacked",
+           "label_kept", "clean_conf", "adv_conf", "restart", "member", "beta", "accepted_steps", "rejected_steps", "stalled",
            "stalled_runs", "zero_directions", "kendall_worst"]
 #: their dtypes (nullable ints / bools for the attack diagnostics, which may be unknown)
 DTYPES = {"model": "str", "setting": "str", "attacked_method": "str", "kind": "str", "epsilon": "float64",
           "image": "int64", "label": "int64", "evaluated_method": "str",
           **{c: "float64" for c in METRIC_COLUMNS}, "score": "float64", "target_distance": "float64",
-          "clean_target_distance": "float64", "linf": "float64", "attacked": "bool", "label_kept": "bool",
+          "clean_target_distance": "float64", "linf": "float64", "l2": "float64", "attacked": "bool", "label_kept": "bool",
           "clean_conf": "float64", "adv_conf": "float64", "restart": "Int64", "member": "Int64",
           "beta": "float64", "accepted_steps": "Int64", "rejected_steps": "Int64", "stalled": "boolean",
           "stalled_runs": "Int64", "zero_directions": "Int64", "kendall_worst": "float64"}
@@ -242,6 +242,7 @@ def _shared_columns(model_name: str, setting: dict, x: Tensor, x_adv: Tensor, re
             "kind": setting["kind"], "epsilon": setting["epsilon"], "image": np.arange(offset, offset + n),
             "label": record["label"].numpy(), "score": record["score"].double().numpy(),
             "linf": (x_adv - x).flatten(1).abs().amax(1).double().cpu().numpy(),
+            "l2": (x_adv - x).flatten(1).norm(dim=1).double().cpu().numpy(),
             "attacked": record["attacked"].numpy(), "label_kept": label_kept.cpu().numpy(),
             "clean_conf": clean_conf.double().cpu().numpy(), "adv_conf": adv_conf.double().cpu().numpy(),
             "beta": record["beta"].double().numpy(),
@@ -409,7 +410,7 @@ def noise_floor(model: nn.Module, x: Tensor, y, *, methods: Sequence[str] = ("SM
         conf = probs.gather(1, pred.view(-1, 1)).flatten().double().cpu().numpy()
         shared = {"model": model_name, "setting": "noise_floor", "attacked_method": "none", "kind": "noise_floor",
                   "epsilon": 0.0, "image": np.arange(n), "label": y.long().cpu().numpy(), "score": np.nan,
-                  "target_distance": np.nan, "clean_target_distance": np.nan, "linf": np.zeros(n),
+                  "target_distance": np.nan, "clean_target_distance": np.nan, "linf": np.zeros(n), "l2": np.zeros(n),
                   "attacked": (pred == y).cpu().numpy(), "label_kept": True, "clean_conf": conf, "adv_conf": conf,
                   "beta": np.nan, **{c: pd.array([pd.NA] * n, dtype=DTYPES[c]) for c in
                                      ("restart", "member", "accepted_steps", "rejected_steps", "stalled",

@@ -72,7 +72,7 @@ DEFAULTS = {"epsilons": [0.1], "step_size": 0.01, "steps": 100, "k": 100, "resta
             "convention": "grad_times_input", "on_reject": "revert", "surrogates": [10.0], "direction": {},
             "map_weight": 1.0, "output_weight": 1.0}
 #: keys passed to :func:`smoothgeo.core.attacks.attack` only where params set them (and only if it takes them)
-OPTIONAL = ("stall_window", "select")
+OPTIONAL = ("stall_window", "select", "norm")
 #: keys a setting may have besides those of :data:`DEFAULTS` and :data:`OPTIONAL`
 SETTING_KEYS = ("method", "kind", "models", "method_options", "evaluated_methods", "epsilon", "n_images", "image_set")
 #: the image sets a setting can run on: the evaluation images, or as many others disjoint from them
@@ -120,7 +120,7 @@ def _check_options(key: str, value) -> dict:
     return dict(value)
 
 
-def _epsilons(key: str, entry: dict, fallback) -> list[float]:
+def _epsilons(key: str, entry: dict, fallback, norm: str = "linf") -> list[float]:
     if "epsilon" in entry and "epsilons" in entry:
         raise ValueError(f"{key} gives both epsilon and epsilons; allowed: one of them")
     if "epsilon" in entry:
@@ -132,8 +132,11 @@ def _epsilons(key: str, entry: dict, fallback) -> list[float]:
         return list(fallback)
     if _is_num(value):
         value = [value]
-    if not isinstance(value, list) or not value or any(not _is_num(e) or not 0 <= e <= 1 for e in value):
-        _fail(name, value, "a number or non-empty list of numbers in [0, 1] (L-inf radius in pixel units)")
+    top = 1 if norm == "linf" else float("inf")   # an L2 radius is checked against the image size by attack()
+    if not isinstance(value, list) or not value or any(not _is_num(e) or not 0 <= e <= top for e in value):
+        allowed = ("in [0, 1] (L-inf radius in pixel units)" if norm == "linf"
+                   else ">= 0 (L2 radius, at most sqrt(pixels x channels))")
+        _fail(name, value, "a number or non-empty list of numbers " + allowed)
     if len(set(float(e) for e in value)) != len(value):
         _fail(name, value, "distinct epsilons")
     return [float(e) for e in value]
@@ -154,6 +157,7 @@ def _check_common(key: str, cfg: dict) -> None:
         "map_weight": (lambda v: _is_num(v) and v >= 0, "a number >= 0"),
         "output_weight": (lambda v: _is_num(v) and v >= 0, "a number >= 0"),
         "stall_window": (lambda v: _is_int(v) and 1 <= v <= 30, "an integer in [1, 30]"),
+        "norm": (lambda v: v in attacks_mod.NORMS, ", ".join(attacks_mod.NORMS)),
     }
     for name, (ok, allowed) in checks.items():
         if name in cfg and not ok(cfg[name]):
@@ -246,7 +250,7 @@ def check_params(params: dict) -> dict:
                                         "the whole evaluation set)")
         if "select" in entry and entry["select"] not in attacks_mod.SELECT:
             _fail(f"{key}.select", entry["select"], ", ".join(attacks_mod.SELECT))
-        for eps in _epsilons(key, entry, resolved["epsilons"]):
+        for eps in _epsilons(key, entry, resolved["epsilons"], entry.get("norm", resolved.get("norm", "linf"))):
             sid = _setting_id(name, eps)
             if sid in ids:
                 raise ValueError(f"{key}: setting id {sid!r} is used twice; allowed: distinct setting names")
@@ -303,7 +307,8 @@ def resolve_settings(params: dict, model: str, *, smooth: bool = False) -> list[
                                    entry.get("evaluated_methods", section["evaluated_methods"]))
         if method not in evaluated:  # an attack is always evaluated on the method it attacked
             evaluated = [method, *evaluated]
-        for eps in _epsilons(f"attacks.settings.{name}", entry, defaults["epsilons"]):
+        for eps in _epsilons(f"attacks.settings.{name}", entry, defaults["epsilons"],
+                             entry.get("norm", defaults.get("norm", "linf"))):
             out.append({"id": _setting_id(name, eps), "name": name, "method": method, "kind": kind,
                         "epsilon": eps, **cfg, "n_images": entry.get("n_images"),
                         "image_set": entry.get("image_set", "main"), "surrogates": surrogates, "method_options": options,
