@@ -9,12 +9,12 @@ torch.set_num_threads(1)
 @pytest.fixture
 def no_network(monkeypatch):
     """Any download attempt fails fast, as offline; the Debian folder is only used where a test asks."""
-    from smoothgeo.data import datasets as data
+    from smoothgeo.data import fashion, raw
 
     def refuse(*args, **kwargs):
         raise OSError("network disabled in tests")
 
-    monkeypatch.setattr(data, "_fetch", refuse)
-    monkeypatch.setattr(data, "_torchvision_download", refuse)
+    monkeypatch.setattr(fashion, "_fetch", refuse)
+    monkeypatch.setattr(raw, "_torchvision_download", refuse)
     monkeypatch.delenv("SMOOTHGEO_DATA_DIRS", raising=False)
     monkeypatch.delenv("SMOOTHGEO_OFFLINE", raising=False)

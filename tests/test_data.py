@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from smoothgeo.data import datasets as data
+from smoothgeo.data import fashion
 
 
 pytestmark = pytest.mark.usefixtures("no_network")   # tests/conftest.py
@@ -31,7 +32,7 @@ def fake_fashion(folder: Path, n_train: int = 5, n_test: int = 3, seed: int = 0)
         images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
         images[0, 0, 0], images[0, 0, 1] = 0, 255
         labels = np.arange(n, dtype=np.uint8) % 10
-        img_name, lab_name = data.FASHION_FILES[split]
+        img_name, lab_name = fashion.FASHION_FILES[split]
         write_idx(folder / img_name, images)
         write_idx(folder / lab_name, labels)
         out[split] = (images, labels)
@@ -62,7 +63,7 @@ def test_fashion_found_in_search_dir(tmp_path):
 def test_fashion_env_search_dirs(tmp_path, monkeypatch):
     fake_fashion(tmp_path / "env")
     monkeypatch.setenv("SMOOTHGEO_DATA_DIRS", str(tmp_path / "env"))
-    monkeypatch.setattr(data, "DEBIAN_FASHION_DIR", tmp_path / "no-debian")
+    monkeypatch.setattr(fashion, "DEBIAN_FASHION_DIR", tmp_path / "no-debian")
     assert len(data.load_dataset("fashion_mnist", "test", root=tmp_path / "root", download=False)) == 3
 
 
@@ -79,12 +80,12 @@ def test_fashion_corrupt_gzip_and_truncated(tmp_path):
     notgz = tmp_path / "a.gz"
     notgz.write_bytes(b"this is not gzip")
     with pytest.raises(ValueError, match="a.gz.*gzip"):
-        data.read_idx(notgz)
+        fashion.read_idx(notgz)
     short = tmp_path / "b.gz"
     with gzip.open(short, "wb") as fh:
         fh.write(bytes([0, 0, 8, 3]) + np.asarray([5, 28, 28], ">i4").tobytes() + b"\x00" * 100)
     with pytest.raises(ValueError, match="b.gz.*holds 100 bytes"):
-        data.read_idx(short, ndim=3)
+        fashion.read_idx(short, ndim=3)
 
 
 def test_fashion_missing_lists_every_place(tmp_path):
@@ -97,7 +98,7 @@ def test_fashion_missing_lists_every_place(tmp_path):
         msg = str(err.value)
         for place in [tmp_path / "root" / "fashion-mnist", *places]:
             assert str(place) in msg
-        assert "apt-get install dataset-fashion-mnist" in msg and data.FASHION_URL in msg
+        assert "apt-get install dataset-fashion-mnist" in msg and fashion.FASHION_URL in msg
     assert "network disabled in tests" in msg
 
 
@@ -132,16 +133,16 @@ def test_prepare_copies_atomically(tmp_path, capsys, monkeypatch):
         Path(b).write_bytes(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(data.shutil, "copyfile", broken_copy)
+    monkeypatch.setattr(fashion.shutil, "copyfile", broken_copy)
     with pytest.raises(OSError, match="disk full"):
         data.prepare("fashion_mnist", root=root, download=False, search_dirs=[src])
     assert list((root / "fashion-mnist").iterdir()) == []
     monkeypatch.undo()
-    monkeypatch.setattr(data, "_fetch", lambda *a: pytest.fail("no download expected"))
+    monkeypatch.setattr(fashion, "_fetch", lambda *a: pytest.fail("no download expected"))
     folder = data.prepare("fashion_mnist", root=root, download=False, search_dirs=[src])
     assert folder == root / "fashion-mnist"
-    assert sorted(p.name for p in folder.iterdir()) == sorted(data._ALL_FASHION)
-    for f in data._ALL_FASHION:
+    assert sorted(p.name for p in folder.iterdir()) == sorted(fashion._ALL_FASHION)
+    for f in fashion._ALL_FASHION:
         assert (folder / f).read_bytes() == (src / f).read_bytes()
     out = capsys.readouterr().out
     assert f"found the four IDX files in {src}" in out and "copied" in out
@@ -254,9 +255,9 @@ def test_toy_2d(kind):
 
 
 def test_real_fashion_mnist_if_installed():
-    if not all((data.DEBIAN_FASHION_DIR / f).is_file() for f in data._ALL_FASHION):
-        pytest.skip(f"{data.DEBIAN_FASHION_DIR} not installed")
-    kw = dict(root="/nonexistent-root", download=False, search_dirs=[data.DEBIAN_FASHION_DIR])
+    if not all((fashion.DEBIAN_FASHION_DIR / f).is_file() for f in fashion._ALL_FASHION):
+        pytest.skip(f"{fashion.DEBIAN_FASHION_DIR} not installed")
+    kw = dict(root="/nonexistent-root", download=False, search_dirs=[fashion.DEBIAN_FASHION_DIR])
     train = data.load_dataset("fashion_mnist", "train", **kw)
     x, y = data.load_tensors("fashion_mnist", "test", **kw)
     assert len(train) == 60000 and x.shape == (10000, 1, 28, 28)
@@ -309,7 +310,7 @@ def test_cifar_labels_out_of_range(tmp_path):
 def test_copied_files_get_ordinary_permissions(tmp_path):
     import os
     src = tmp_path / "src"
-    for split, (img, lab) in data.FASHION_FILES.items():
+    for split, (img, lab) in fashion.FASHION_FILES.items():
         write_idx(src / img, np.zeros((2, 28, 28)))
         write_idx(src / lab, np.zeros(2))
     old = os.umask(0o022)

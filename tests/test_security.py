@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from smoothgeo.core import attacks, attributions, checks, geometry, metrics
+from smoothgeo.data import containers, raw
 from smoothgeo.data import datasets as data
 from smoothgeo.data import standins
 from smoothgeo.store import atomic, checkpoints as ckpt, names
@@ -166,9 +167,9 @@ def test_image_files_decode_only_jpeg_and_png(tmp_path):
     Image.fromarray(rgb).save(tmp_path / "ok.png", format="PNG")
     Image.fromarray(rgb).save(tmp_path / "bitmap.jpg", format="BMP")          # another decoder behind .jpg
     (tmp_path / "poster.jpg").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n")
-    ds = data.ImageFiles([tmp_path / "ok.jpg", tmp_path / "ok.png", tmp_path / "bitmap.jpg",
+    ds = containers.ImageFiles([tmp_path / "ok.jpg", tmp_path / "ok.png", tmp_path / "bitmap.jpg",
                           tmp_path / "poster.jpg"], [0, 1, 2, 3], size=32)
-    assert data.IMAGE_FORMATS == ("JPEG", "PNG") and ds.formats == data.IMAGE_FORMATS
+    assert containers.IMAGE_FORMATS == ("JPEG", "PNG") and ds.formats == containers.IMAGE_FORMATS
     assert ds[0][0].shape == ds[1][0].shape == (3, 32, 32)
     for i, name in ((2, "bitmap.jpg"), (3, "poster.jpg")):   # EPS never reaches Ghostscript
         with pytest.raises(ValueError, match="JPEG, PNG") as info:
@@ -178,7 +179,7 @@ def test_image_files_decode_only_jpeg_and_png(tmp_path):
 
 def test_image_files_need_one_label_per_file(tmp_path):
     with pytest.raises(ValueError, match="one per file"):
-        data.ImageFiles([tmp_path / "a.jpg", tmp_path / "b.jpg"], [0])
+        containers.ImageFiles([tmp_path / "a.jpg", tmp_path / "b.jpg"], [0])
 
 
 # ------------------------------------------------------------------------------ 2. one name rule
@@ -653,10 +654,10 @@ def test_an_interrupted_standin_is_never_taken_as_complete(tmp_path, monkeypatch
     with pytest.raises(KeyboardInterrupt):
         standins.write_standin("cifar10", tmp_path, n_train=5, n_test=3)
     folder = tmp_path / "cifar-10-batches-py"
-    assert (folder / standins.MARKER).read_text().startswith(data.STANDIN_INCOMPLETE)
+    assert (folder / standins.MARKER).read_text().startswith(raw.STANDIN_INCOMPLETE)
     with pytest.raises(ValueError, match="writing was interrupted"):
         data.load_dataset("cifar10", "test", root=tmp_path, download=False)
     monkeypatch.setattr(standins, "_cifar", real)
     standins.write_standin("cifar10", tmp_path, n_train=5, n_test=3)   # a stand-in, so it is rewritten
-    assert not (folder / standins.MARKER).read_text().startswith(data.STANDIN_INCOMPLETE)
+    assert not (folder / standins.MARKER).read_text().startswith(raw.STANDIN_INCOMPLETE)
     assert len(data.load_dataset("cifar10", "test", root=tmp_path, download=False)) == 3

@@ -215,7 +215,7 @@ PARAMS = {
 @pytest.fixture
 def cli(tmp_path, monkeypatch):
     """A tiny params file and a stand-in data set; returns a function running the CLI on a run name."""
-    from smoothgeo.data.datasets import InMemoryImages
+    from smoothgeo.data.containers import InMemoryImages
 
     x, y = _toy(64)
     xt, yt = _toy(32, seed=1)

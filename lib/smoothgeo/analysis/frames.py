@@ -15,6 +15,9 @@ Inputs: the attack table (:func:`smoothgeo.analysis.results.load_attacks`), the 
   relative transfer ``excess(a -> e) / excess(e -> e)`` (1 = the transferred attack does as much damage beyond
   noise as the direct one).
 * :func:`strength_check`: the headline ensemble against the much stronger reference attack on its images.
+* :func:`explanation_summary`: per model and attribution method, the faithfulness and stability metrics of the
+  measure stage's explanation tables (means; RIS/ROS/RRS also as log10 of the mean, the way Quantus reports
+  them).
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ import pandas as pd
 from smoothgeo.store.names import family_and_seed
 
 __all__ = ["with_family", "with_accuracy", "own_rows", "beyond_noise", "model_summary", "transfer_table",
-           "strength_check", "edge_wins"]
+           "strength_check", "edge_wins", "explanation_summary"]
 
 
 def with_family(frame: pd.DataFrame) -> pd.DataFrame:
@@ -59,13 +62,17 @@ def beyond_noise(attacks: pd.DataFrame, attack_setting: str, random_setting: str
         raise ValueError(f"no rows for {attack_setting if a.empty else random_setting!r}"
                          f"{'' if evaluated_method is None else ' on ' + evaluated_method}: is the setting "
                          "configured for these models in params.yaml?")
-    a = a[["model", "image", "topk", "kendall", "kendall_worst", "attacked", "clean_conf", "beta", "stalled"]]
-    r = r[["model", "image", "topk", "kendall", "attacked"]].rename(
-        columns={"topk": "topk_random", "kendall": "kendall_random", "attacked": "attacked_random"})
+    lens = ["lens_topk"] if "lens_topk" in a.columns and "lens_topk" in r.columns else []
+    a = a[["model", "image", "topk", "kendall", "kendall_worst", "attacked", "clean_conf", "beta", "stalled", *lens]]
+    r = r[["model", "image", "topk", "kendall", "attacked", *lens]].rename(
+        columns={"topk": "topk_random", "kendall": "kendall_random", "attacked": "attacked_random",
+                 "lens_topk": "lens_topk_random"})
     m = a.merge(r, on=["model", "image"])
     m = m[m.attacked.astype(bool) & m.attacked_random.astype(bool)].drop(columns="attacked_random")
     worst = m.kendall_worst.where(m.kendall_worst.notna(), m.kendall)
     m = m.assign(kendall_worst=worst, topk_beyond=m.topk_random - m.topk, kendall_beyond=m.kendall_random - worst)
+    if lens:
+        m["lens_beyond"] = m.lens_topk_random - m.lens_topk
     return with_family(m.reset_index(drop=True))
 
 
@@ -86,9 +93,15 @@ def model_summary(models: pd.DataFrame, attacks: pd.DataFrame, measures: pd.Data
                                  stall_rate=("stalled", lambda s: float(pd.Series(s).fillna(False).astype(bool)
                                                                        .mean())))
     rob["damage_ratio"] = (1 - rob.topk) / (1 - rob.topk_random)
+    if "lens_topk" in b.columns:
+        rob = rob.join(b.groupby("model").agg(lens_topk=("lens_topk", "mean"), lens_beyond=("lens_beyond", "mean")))
     rob["edge_wins"] = edge_wins(b, grid)
     m = measures[measures["correct"].astype(bool)] if "correct" in measures.columns else measures
+    robust = [c for c in m.columns if c.startswith("robust_eps")]   # accuracy under PGD: over every image
     geo = m.groupby("model")[[g for g in geometry if g in m.columns]].mean()
+    if robust:
+        geo = geo.join(measures.groupby("model")[robust].mean().rename(
+            columns=lambda c: c.replace("robust_eps", "robust_accuracy_eps")))
     keep = [c for c in ("model", "family", "strength", "seed", "test_accuracy", "val_accuracy", "plateau_gain")
             if c in models.columns]
     out = models[keep].merge(rob.reset_index(), on="model", how="left").merge(geo.reset_index(), on="model",
@@ -139,3 +152,17 @@ def strength_check(attacks: pd.DataFrame, *, ensemble: str, reference: str, rng:
                      "topk_reference": g.topk_ref.mean(), "difference": d.mean() if len(d) else np.nan,
                      "ci_low": lo, "ci_high": hi})
     return pd.DataFrame(rows)
+
+
+def explanation_summary(explanations: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, method): mean of every faithfulness / stability column, RIS/ROS/RRS also as
+    ``log10_<metric>`` = log10 of the mean over images (Quantus' report), and ``n_images``."""
+    cols = ["clean_prob", "deletion_auc", "insertion_auc", "deletion_auc_relative", "insertion_auc_relative",
+            "infidelity", "max_sensitivity", "avg_sensitivity", "ris", "ros", "rrs", "changed", "sparseness"]
+    if explanations.empty:
+        return pd.DataFrame(columns=["model", "method", "n_images", *cols, "log10_ris", "log10_ros", "log10_rrs"])
+    g = explanations.groupby(["model", "method"])
+    out = g[cols].mean().join(g.image.size().rename("n_images")).reset_index()
+    for c in ("ris", "ros", "rrs"):
+        out[f"log10_{c}"] = np.log10(out[c].where(out[c] > 0))
+    return with_family(out)

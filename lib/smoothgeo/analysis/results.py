@@ -97,3 +97,17 @@ def load_attacks(results: str | Path = "results", models: Iterable[str] | None =
 def load_measures(results: str | Path = "results", models: Iterable[str] | None = None) -> pd.DataFrame:
     """The per-image measure tables of ``models`` (default: every table present), one frame."""
     return _concat(Path(results) / "measures", models, "measure")
+
+
+def load_explanations(results: str | Path = "results", models: Iterable[str] | None = None) -> pd.DataFrame:
+    """The faithfulness / stability tables (``results/explanations``, written by the measure stage) of ``models``,
+    one frame; empty (no rows) where a run has none."""
+    folder = Path(results) / "explanations"
+    if not folder.is_dir() or not any(folder.glob("*.csv.gz")):
+        from smoothgeo.pipeline.explain import COLUMNS
+
+        return pd.DataFrame(columns=COLUMNS)
+    names = None if models is None else [m for m in models if (folder / f"{m}.csv.gz").exists()]
+    frames = [pd.read_csv(folder / f"{n}.csv.gz") for n in (names if names is not None else
+              sorted(p.name[:-len(".csv.gz")] for p in folder.glob("*.csv.gz")))]
+    return pd.concat(frames, ignore_index=True)

@@ -50,7 +50,7 @@ from smoothgeo.core.metrics import METRICS
 __all__ = ["run_setting", "make_setting", "evaluate", "noise_floor", "summarise", "compute_maps", "compare_maps",
            "fingerprint", "as_table", "COLUMNS", "DTYPES", "METRIC_COLUMNS", "SETTING_DEFAULTS"]
 
-METRIC_COLUMNS = ["topk", "kendall", "spearman", "mass_center", "cosine"]
+METRIC_COLUMNS = ["topk", "kendall", "spearman", "mass_center", "cosine", "lens_topk"]
 #: the columns of every results table (the attack stage's ``results/attacks/<model>.csv.gz``), in order
 COLUMNS = ["model", "setting", "attacked_method", "kind", "epsilon", "image", "label", "evaluated_method",
            *METRIC_COLUMNS, "score", "target_distance", "clean_target_distance", "linf", "l2", "attacked",
@@ -98,7 +98,7 @@ def compare_maps(clean: Tensor, adv: Tensor, k: int) -> dict[str, np.ndarray]:
     out = {}
     for name in METRIC_COLUMNS:
         fn = METRICS[name]
-        if name == "topk":
+        if name in ("topk", "lens_topk"):
             value = fn(clean, adv, k)
         elif name == "kendall":
             value = fn(clean, adv, max_elements=KENDALL_BLOCK)  # same value, faster

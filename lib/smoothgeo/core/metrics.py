@@ -21,7 +21,11 @@ import torch
 from torch import Tensor
 
 __all__ = ["topk_intersection", "kendall_tau", "spearman_rho", "mass_center", "mass_center_dislocation",
-           "cosine_distance", "rank_average", "degenerate_pairs", "DegenerateMapWarning", "METRICS"]
+           "cosine_distance", "rank_average", "degenerate_pairs", "DegenerateMapWarning", "METRICS", "lens_recall",
+           "gini_sparseness", "LENS_WINDOW"]
+
+#: the neighbourhood of :func:`lens_recall`: a 3 x 3 window (Kamath et al.'s 3-LENS)
+LENS_WINDOW = 3
 
 
 class DegenerateMapWarning(UserWarning):
@@ -77,6 +81,46 @@ def topk_intersection(m1: Tensor, m2: Tensor, k: int) -> Tensor:
     mask.scatter_(1, a.topk(k, dim=1).indices, True)
     hits = mask.gather(1, b.topk(k, dim=1).indices)
     return _nan_where_degenerate(hits.float().sum(1) / k, m1, m2, "top-k intersection")
+
+
+def lens_recall(m1: Tensor, m2: Tensor, k: int, window: int = LENS_WINDOW) -> Tensor:
+    """w-LENS-recall@k (Kamath et al. 2024, "Rethinking Robustness of Model Attributions", arXiv 2312.10534).
+
+    The locality-sensitive top-k: the fraction of the k largest pixels of ``m1`` (the clean map) that have at
+    least one of the k largest pixels of ``m2`` inside the ``window x window`` square centred on them. With
+    ``window = 1`` it is :func:`topk_intersection`; a top-k set shifted by one pixel scores 1 at ``window = 3``
+    where plain top-k may score 0. (The paper's name for it is w-LENS-recall@k; its "LENS-top-k" rows use it.)
+    Maps must be (N, H, W).
+    """
+    m1, m2 = _as_float(m1), _as_float(m2)
+    if m1.dim() != 3 or m1.shape != m2.shape:
+        raise ValueError(f"lens_recall needs two (N, H, W) maps of one shape, got {tuple(m1.shape)} and "
+                         f"{tuple(m2.shape)}")
+    if isinstance(window, bool) or not isinstance(window, numbers.Integral) or window < 1 or window % 2 == 0:
+        raise ValueError(f"window must be an odd integer >= 1 (the side of the square), got {window}")
+    a, b = _pair(m1, m2)
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k <= a.shape[1]:
+        raise ValueError(f"k must be in [1, {a.shape[1]}] (the number of pixels in a map), got {k}")
+    n, h, w = m1.shape
+    top_a = torch.zeros_like(a, dtype=torch.bool).scatter_(1, a.topk(k, dim=1).indices, True)
+    top_b = torch.zeros_like(b).scatter_(1, b.topk(k, dim=1).indices, 1.0).view(n, 1, h, w)
+    near_b = torch.nn.functional.max_pool2d(top_b, window, stride=1, padding=window // 2).view(n, -1) > 0
+    return _nan_where_degenerate((top_a & near_b).float().sum(1) / k, m1, m2, "LENS recall")
+
+
+def gini_sparseness(m: Tensor) -> Tensor:
+    """Gini index of ``|m|`` per map (Chalasani et al. 2020; Quantus' Sparseness): 0 = uniform, -> 1 = one pixel.
+
+    ``G = sum_i (2i - P - 1) a_(i) / (P sum_i a_(i))`` over the P sorted magnitudes ``a_(1) <= ... <= a_(P)``;
+    NaN for an all-zero map. (N,).
+    """
+    a = _as_float(m).flatten(1).abs().double().sort(dim=1).values
+    p = a.shape[1]
+    i = torch.arange(1, p + 1, device=a.device, dtype=a.dtype)
+    total = a.sum(1)
+    g = ((2 * i - p - 1) * a).sum(1) / (p * total.clamp_min(1e-300))
+    return torch.where(total > 0, g, torch.full_like(g, float("nan"))).to(m.dtype if m.is_floating_point()
+                                                                         else torch.float64)
 
 
 def rank_average(v: Tensor) -> Tensor:
@@ -188,4 +232,5 @@ METRICS = {
     "spearman": spearman_rho,
     "mass_center": mass_center_dislocation,
     "cosine": cosine_distance,
+    "lens_topk": lens_recall,
 }

@@ -25,8 +25,15 @@ from __future__ import annotations
 
 import math
 
+from typing import Callable
+
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from smoothgeo.core.checks import eval_mode
+
+__all__ = ["NORMS", "Threat", "check_norm", "random_sign", "size", "pgd_linf", "robust_correct"]
 
 NORMS = ("linf", "l2")
 
@@ -103,3 +110,58 @@ def size(delta: Tensor, norm: str) -> Tensor:
     """Per-image size of ``delta`` in ``norm``."""
     flat = delta.flatten(1)
     return flat.abs().amax(1) if norm == "linf" else flat.norm(dim=1)
+
+
+# ------------------------------------------------------------------------------ attacks on the prediction
+def pgd_linf(model: nn.Module, x: Tensor, objective: Callable[[nn.Module, Tensor], Tensor], *, epsilon: float,
+             step_size: float, steps: int, random_start: bool = True,
+             generator: torch.Generator | None = None) -> Tensor:
+    """Maximise ``objective(model, x').sum()`` over ``B_inf(x, epsilon) ∩ [0, 1]`` by signed-gradient ascent.
+
+    ``x'_{t+1} = Proj(x'_t + step_size * sign(grad))``, from a uniform random start in the ball (or ``x``).
+    The model runs in eval mode (restored afterwards); no gradient reaches the weights.
+
+    Returns:
+        The last iterate, detached, shaped like ``x`` (always inside the ball and [0, 1]).
+    """
+    x = x.detach()
+    lo, hi = (x - epsilon).clamp(0, 1), (x + epsilon).clamp(0, 1)
+    if random_start:
+        u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        xa = torch.min(torch.max(x + (2 * u - 1) * epsilon, lo), hi)
+    else:
+        xa = x.clone()
+    with eval_mode(model), torch.enable_grad():
+        for _ in range(steps):
+            xa = xa.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(objective(model, xa).sum(), xa)
+            xa = torch.min(torch.max(xa.detach() + step_size * grad.sign(), lo), hi)
+    return xa.detach()
+
+
+def robust_correct(model: nn.Module, x: Tensor, y: Tensor, *, epsilon: float, steps: int = 20,
+                   step_size: float | None = None, restarts: int = 1, generator: torch.Generator | None = None,
+                   chunk_size: int | None = None) -> Tensor:
+    """(N,) bool: the prediction stays ``y`` under L-inf PGD on the cross-entropy (Madry et al.'s evaluation).
+
+    ``restarts`` runs, each from a uniform random start in the ball (``steps`` signed steps of ``step_size``,
+    default ``2.5 * epsilon / steps``); an image counts as robust only if every run keeps the label (and the
+    clean image is classified correctly). ``epsilon = 0`` gives clean accuracy.
+    """
+    if step_size is None:
+        step_size = 2.5 * epsilon / max(steps, 1)
+    ce = lambda m, z, yy: F.cross_entropy(m(z), yy, reduction="none")  # noqa: E731
+    out = []
+    size_ = x.shape[0] if chunk_size is None else int(chunk_size)
+    with eval_mode(model):
+        for s in range(0, x.shape[0], size_):
+            xs, ys = x[s:s + size_], y[s:s + size_]
+            with torch.no_grad():
+                ok = model(xs).argmax(1) == ys
+            for _ in range(restarts if epsilon > 0 else 0):
+                xa = pgd_linf(model, xs, lambda m, z: ce(m, z, ys), epsilon=epsilon, step_size=step_size,
+                              steps=steps, random_start=True, generator=generator)
+                with torch.no_grad():
+                    ok &= model(xa).argmax(1) == ys
+            out.append(ok)
+    return torch.cat(out)

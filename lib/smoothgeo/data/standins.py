@@ -37,7 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
-from smoothgeo.data.datasets import DATASETS, FASHION_FILES, STANDIN_INCOMPLETE, STANDIN_MARKER
+from smoothgeo.data.datasets import DATASETS
+from smoothgeo.data.fashion import FASHION_FILES
+from smoothgeo.data.raw import STANDIN_INCOMPLETE, STANDIN_MARKER
 from smoothgeo.store.atomic import atomic_path
 
 __all__ = ["write_standin", "standin_images", "MARKER", "FILE_SIZE"]

@@ -4,7 +4,8 @@
         [--checkpoints data/checkpoints] [--attacks data/attacks] [--out results/measures] \\
         [--timings results/timings] [--device auto]
 
-Writes ``<out>/<NAME>.csv.gz`` (deterministic gzip: no timestamp, no file name in the header) with one row per
+Writes ``<explanations>/<NAME>.csv.gz`` (faithfulness and stability metrics per image and attribution method,
+:mod:`smoothgeo.pipeline.explain`), ``<out>/<NAME>.csv.gz`` (deterministic gzip: no timestamp, no file name in the header) with one row per
 evaluation image and ``<timings>/measure-<NAME>.json`` (wall seconds, peak RSS from ``resource.getrusage``).
 ``NAME`` is a checkpoint ``<checkpoints>/<NAME>.pt`` (e.g. ``natural-s0``) or ``<base>+softplus<beta>`` (the
 base checkpoint evaluated with Softplus(beta), no retraining). Images: ``experiments.eval_images(params['data'],
@@ -43,6 +44,7 @@ Columns: model, image, label, prediction, correct, clean_conf, logit_margin, log
 grad_logit_norm, grad_loss_norm, margin_grad_norm, relative_curvature, lambda_max_fixed_scale,
 lambda_max_over_grad_logit2, lambda_max_over_grad_loss2, lipschitz_{random,adversarial}{,_relative,_map} (the
 adversarial ones: the larger of the random estimate and ``adversarial_samples`` PGD climbs), and
+``robust_eps<eps>`` (the prediction survives L-inf PGD on the cross-entropy, ``measures.robust``), and
 with a bound setting whose record exists: bound_setting, bound_delta_norm, bound_linf, bound_grad_change,
 bound_predicted_grad_change, bound_within_bound, bound_relative_grad_change, bound_map_change,
 bound_predicted_map_change, bound_map_within_bound (NaN for images the record lacks or left unperturbed). Definitions:
@@ -72,6 +74,8 @@ MEASURE_DEFAULTS = {
     "lipschitz": {"epsilon": 0.1, "samples": 8, "adversarial_samples": 2, "steps": 10, "step_size": None,
                   "beta": 10.0, "seed": 1001},
     "bound_setting": None, "bound_lipschitz": "adversarial", "k": 100,
+    "robust": {"epsilons": [0.1, 0.2], "steps": 20, "restarts": 1, "seed": 1003},
+    "explain": {},
 }
 
 
@@ -90,6 +94,18 @@ def measure_config(params: dict) -> dict:
                          f"{sorted(MEASURE_DEFAULTS['lipschitz'])}")
     cfg = {**MEASURE_DEFAULTS, **section, "lipschitz": {**MEASURE_DEFAULTS["lipschitz"], **lip_in}}
     lip = cfg["lipschitz"]
+    from smoothgeo.pipeline.explain import explain_config
+
+    cfg["explain"] = explain_config(section.get("explain"))
+    rob = section.get("robust") or {}
+    if not isinstance(rob, dict) or sorted(set(rob) - set(MEASURE_DEFAULTS["robust"])):
+        raise ValueError(f"params 'measures.robust' must be a mapping with keys among "
+                         f"{sorted(MEASURE_DEFAULTS['robust'])}, got {rob!r}")
+    cfg["robust"] = rob = {**MEASURE_DEFAULTS["robust"], **rob}
+    eps = rob["epsilons"]
+    if not isinstance(eps, list) or any(isinstance(e, bool) or not isinstance(e, (int, float)) or not 0 < e <= 1
+                                        for e in eps):
+        raise ValueError(f"params 'measures.robust.epsilons' must be a list of L-inf radii in (0, 1], got {eps!r}")
 
     def positive_int(name, v):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -198,6 +214,15 @@ def measure(model, x, y, *, cfg: dict, record: dict | None = None, name: str = "
         frame[f"lipschitz_{kind}"] = _cpu(out["gradient"])
         frame[f"lipschitz_{kind}_relative"] = _cpu(out["relative_gradient"])
         frame[f"lipschitz_{kind}_map"] = _cpu(out["map"])
+    rob = cfg["robust"]
+    for eps in rob["epsilons"]:   # robust accuracy of the prediction: L-inf PGD on the cross-entropy
+        from smoothgeo.core.attributions import make_generator
+        from smoothgeo.core.threat import robust_correct
+
+        gen = make_generator(x.device, rob["seed"])
+        frame[f"robust_eps{eps:g}"] = _cpu(robust_correct(model, x, y, epsilon=eps, steps=rob["steps"],
+                                                          restarts=rob["restarts"], generator=gen,
+                                                          chunk_size=bs)).astype(bool)
     if record is not None:
         frame = _add_bound(frame, model, x, record, lips.get(cfg["bound_lipschitz"]), cfg)
     return frame
@@ -292,6 +317,8 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoints", default="data/checkpoints")
     parser.add_argument("--attacks", default="data/attacks")
     parser.add_argument("--out", default="results/measures")
+    parser.add_argument("--explanations", default="results/explanations",
+                        help="folder of the faithfulness / stability table (smoothgeo.pipeline.explain)")
     parser.add_argument("--timings", default="results/timings")
     parser.add_argument("--device", default=None, help="auto, cpu, cuda, ...; default: params 'device' or auto")
     parser.add_argument("--root", default=None, help="folder the data root is relative to (default: cwd)")
@@ -345,6 +372,15 @@ def _run(args) -> None:
     frame["test_accuracy"] = _test_accuracy(model, params["data"], seed=params["seed"], device=device,
                                             root=None if args.root is None else Path(args.root))
     out = Path(args.out) / f"{args.model}.csv.gz"
+    from smoothgeo.pipeline.explain import COLUMNS, explain_frame, explains
+
+    ex = cfg["explain"]
+    n_ex = min(ex["n_images"], x.shape[0])
+    explained = pd.DataFrame(columns=COLUMNS)
+    if explains(ex, args.model):
+        explained = explain_frame(model, x[:n_ex], y[:n_ex], cfg=ex, method_options=params.get("methods") or {},
+                                  convention=cfg["convention"], chunk_size=cfg["batch_size"], name=args.model)
+    write_csv_gz(Path(args.explanations) / f"{args.model}.csv.gz", explained)
     write_csv_gz(out, frame)
     rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     atomic_write_json(Path(args.timings) / f"measure-{args.model}.json", {

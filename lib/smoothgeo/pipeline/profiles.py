@@ -134,6 +134,12 @@ def toy(profile: dict, *, name: str | None = None) -> dict:
         defaults["max_batches"] = caps["max_batches"]
     if isinstance(out.get("measures"), dict):   # the power route's default of 100 iterations, capped too
         out["measures"].setdefault("power_iters", caps["power_iters"])
+        explain = out["measures"].setdefault("explain", {})   # faithfulness / stability: their defaults, capped
+        for key, cap in (("n_images", "n_images"), ("samples", "samples"), ("infidelity_samples", "samples"),
+                         ("deletion_steps", "steps")):
+            explain[key] = _cap(explain.get(key, 10 if key != "n_images" else 100), caps[cap])
+        robust = out["measures"].setdefault("robust", {})
+        robust["steps"] = _cap(robust.get("steps", 20), caps["steps"])
     return _merge(out, own.get("set") or {})
 
 

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from smoothgeo.core.geometry import evaluating, lambda_max_penalty
+from smoothgeo.core.threat import pgd_linf
 
 __all__ = [
     "natural_loss", "weight_decay_loss", "madry_loss", "ig_norm_loss", "ssr_loss", "RECIPES", "OPTIONS",
@@ -64,32 +65,6 @@ def weight_decay_loss(model: nn.Module, x: Tensor, y: Tensor, *, weight_decay: f
     l2 = sum(p.pow(2).sum() for p in model.parameters() if p.requires_grad and p.dim() >= 2)
     loss = ce + 0.5 * weight_decay * l2
     return loss, {"ce": ce.item(), "l2": float(l2.detach()), "acc": _accuracy(logits, y)}
-
-
-def pgd_linf(model: nn.Module, x: Tensor, objective: Callable[[nn.Module, Tensor], Tensor], *, epsilon: float,
-             step_size: float, steps: int, random_start: bool = True,
-             generator: torch.Generator | None = None) -> Tensor:
-    """Maximise ``objective(model, x').sum()`` over ``B_inf(x, epsilon) ∩ [0, 1]`` by signed-gradient ascent.
-
-    ``x'_{t+1} = Proj(x'_t + step_size * sign(grad))``, from a uniform random start in the ball (or ``x``).
-    The model runs in eval mode (restored afterwards); no gradient reaches the weights.
-
-    Returns:
-        The last iterate, detached, shaped like ``x`` (always inside the ball and [0, 1]).
-    """
-    x = x.detach()
-    lo, hi = (x - epsilon).clamp(0, 1), (x + epsilon).clamp(0, 1)
-    if random_start:
-        u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        xa = torch.min(torch.max(x + (2 * u - 1) * epsilon, lo), hi)
-    else:
-        xa = x.clone()
-    with evaluating(model), torch.enable_grad():
-        for _ in range(steps):
-            xa = xa.detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad(objective(model, xa).sum(), xa)
-            xa = torch.min(torch.max(xa.detach() + step_size * grad.sign(), lo), hi)
-    return xa.detach()
 
 
 def _ce_per_example(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
