@@ -17,6 +17,10 @@ model. Raw files live under ``<root>/<folder>`` (``root`` defaults to ``data/raw
 ``download=None`` tries a download when files are missing unless ``$SMOOTHGEO_OFFLINE`` is set; ``True``
 always may; ``False`` never does. Fashion-MNIST and CIFAR-10 are held in memory as uint8; the image-folder
 sets are decoded lazily (resize shorter side to ``round(size * 256 / 224)``, centre crop ``size``).
+
+This module is the registry and the entry points; the readers live in :mod:`smoothgeo.data.fashion`,
+:mod:`smoothgeo.data.cifar` and :mod:`smoothgeo.data.folders`, the containers in :mod:`smoothgeo.data.containers`,
+the download policy and stand-in markers in :mod:`smoothgeo.data.raw`.
 """
 from __future__ import annotations
 
