@@ -61,6 +61,7 @@ class Tables:
     attacks: pd.DataFrame
     measures: pd.DataFrame
     eps: float = 0.1
+    explanations: pd.DataFrame = field(default_factory=pd.DataFrame)   # results/explanations (faithfulness)
     _cache: dict = field(default_factory=dict)
 
     def group(self, role: str) -> list[str]:
@@ -175,6 +176,25 @@ def _ignorm(t: Tables, rng) -> Inference:
                        _rows(t, "IG-topk", "IG-random", ft["natural"]), "topk_beyond", sign=-1)
 
 
+def _faithful(treatment: str, baseline: str, metric: str, *, method: str = "SM", baseline_method: str | None = None,
+              sign: int = -1):
+    """Seed-level paired difference of a faithfulness metric of the explanation tables (lower deletion AUC or
+    infidelity = more faithful: ``sign=-1``), group ``treatment`` against ``baseline`` on one method, or two
+    methods on the same models (``baseline_method``)."""
+    def compute(t: Tables, rng) -> Inference:
+        e = t.explanations
+        if e is None or e.empty or metric not in e.columns:
+            raise NotEstimable("no explanation tables (params measures.explain) in this run")
+        e = frames.with_family(e)
+        tm, bm = t.group(treatment), t.group(baseline)
+        a = e[e.model.isin(tm) & (e.method == method)]
+        b = e[e.model.isin(bm) & (e.method == (baseline_method or method))]
+        if a.empty or b.empty:
+            raise NotEstimable(f"no explanation rows of {treatment} / {baseline} for {method}")
+        return seed_effect(a, b, metric, sign=sign)
+    return compute
+
+
 def _curvature_within(t: Tables, rng) -> Inference:
     b = _rows(t, "SM-topk", "SM-random", t.group("natural"))
     m = t.measures[["model", "image", "lambda_max"]]
@@ -273,6 +293,31 @@ CLAIMS: list[Claim] = [
     Claim("transfer-madry", "RQ3", "Attacks transfer less between SM, IG, SG and UG on Madry models than on "
           "natural models, relative to each method's direct attack, beyond noise (top-k, beta 10, eps 0.1)",
           "relative transfer beyond noise", "*-topk-b10", 0.1, _transfer("madry")),
+    # beyond the paper (family "beyond", its own Holm correction): other metrics, another threat model, and
+    # whether the robustness gains keep the maps faithful
+    Claim("ssr-natural-lens", "RQ4", "SSR (scale 10) leaves less LENS-top-k damage (3x3 neighbourhood, Kamath et "
+          "al.) beyond random noise than natural training (SM, top-k ensemble attack, eps 0.1)",
+          "damage beyond noise (3-LENS recall@k)", "SM-topk", 0.1, _paired("ssr", "natural", "lens_beyond"),
+          family="beyond"),
+    Claim("ssr-natural-l2", "RQ4", "SSR (scale 10) leaves less top-k damage beyond random noise than natural "
+          "training under an L2 attack (SM, top-k attack, L2 radius 1.0)", _TOPK, "SM-topk-l2", 1.0,
+          _paired("ssr", "natural", "topk_beyond", attack="SM-topk-l2", floor="SM-random-l2", eps=1.0),
+          family="beyond"),
+    Claim("ssr-natural-deletion", "faithfulness", "SSR (scale 10) SM maps are more faithful than natural "
+          "training's: lower deletion AUC relative to the clean probability (no attack)",
+          "deletion AUC (relative)", "none", None, _faithful("ssr", "natural", "deletion_auc_relative"),
+          family="beyond"),
+    Claim("madry-natural-deletion", "faithfulness", "Madry-trained SM maps are more faithful than natural "
+          "training's: lower deletion AUC relative to the clean probability (no attack)",
+          "deletion AUC (relative)", "none", None, _faithful("madry", "natural", "deletion_auc_relative"),
+          family="beyond"),
+    Claim("ssr-natural-infidelity", "faithfulness", "SSR (scale 10) SM attributions have lower infidelity "
+          "(Yeh et al., scale-normalised) than natural training's (no attack)", "infidelity", "none", None,
+          _faithful("ssr", "natural", "infidelity"), family="beyond"),
+    Claim("sg-sm-deletion", "faithfulness", "On natural models SmoothGrad maps are more faithful than SM maps: "
+          "lower deletion AUC relative to the clean probability (no attack)", "deletion AUC (relative)", "none",
+          None, _faithful("natural", "natural", "deletion_auc_relative", method="SG", baseline_method="SM"),
+          family="beyond"),
     Claim("rep-ssr-natural", "RQ4", "Replication (new images, seeds 3-4): SSR leaves less top-k damage beyond "
           "noise than natural training (SM, top-k ensemble attack, eps 0.1)", _TOPK, "SM-topk-rep", 0.1,
           _paired("ssr", "natural", "topk_beyond", attack="SM-topk-rep", floor="SM-random-rep", replication=True),

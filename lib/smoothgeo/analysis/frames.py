@@ -161,8 +161,10 @@ def explanation_summary(explanations: pd.DataFrame) -> pd.DataFrame:
             "infidelity", "max_sensitivity", "avg_sensitivity", "ris", "ros", "rrs", "changed", "sparseness"]
     if explanations.empty:
         return pd.DataFrame(columns=["model", "method", "n_images", *cols, "log10_ris", "log10_ros", "log10_rrs"])
-    g = explanations.groupby(["model", "method"])
+    e = explanations.assign(**{c: pd.to_numeric(explanations[c], errors="coerce") for c in cols})
+    g = e.groupby(["model", "method"])
     out = g[cols].mean().join(g.image.size().rename("n_images")).reset_index()
     for c in ("ris", "ros", "rrs"):
-        out[f"log10_{c}"] = np.log10(out[c].where(out[c] > 0))
+        v = out[c].astype(float)
+        out[f"log10_{c}"] = np.log10(v.where(v > 0))
     return with_family(out)

@@ -24,7 +24,7 @@ import pandas as pd
 from smoothgeo.analysis import claims as _claims
 from smoothgeo.analysis import frames
 from smoothgeo.analysis.render import repo_root, results_dir
-from smoothgeo.analysis.results import load_attacks, load_measures, model_table
+from smoothgeo.analysis.results import load_attacks, load_explanations, load_measures, model_table
 
 __all__ = ["Run", "load_run"]
 
@@ -110,6 +110,7 @@ def load_run(name: str, *, seed: int = 0, models: dict, attacks: dict | None = N
         defaults = attacks["defaults"]
         eps = float(defaults["epsilons"][0] if "epsilons" in defaults else defaults["epsilon"])
         tables = _claims.Tables(params={"models": models, "attacks": attacks, "comparisons": comparisons},
-                                models=table, attacks=attack_rows, measures=measures, eps=eps)
+                                models=table, attacks=attack_rows, measures=measures, eps=eps,
+                                explanations=load_explanations(results, table.model))
     return Run(name=name, root=root, out=results_dir(name, root), rng=np.random.default_rng(seed), models=table,
                attacks=attack_rows, measures=measures, claims=claims, tables=tables)

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from smoothgeo.analysis import claims, frames
-from smoothgeo.analysis.results import load_attacks, load_measures, model_table
+from smoothgeo.analysis.results import load_attacks, load_explanations, load_measures, model_table
 from smoothgeo.analysis.seed_level import claim_seed, t_interval
 
 __all__ = ["load_tables", "support_tables", "learning_curves", "headline_metrics"]
@@ -27,7 +27,8 @@ def load_tables(params: dict, results: Path) -> claims.Tables:
     attacks = load_attacks(results, models.model)
     defaults = params["attacks"]["defaults"]
     eps = float(defaults["epsilons"][0] if "epsilons" in defaults else defaults["epsilon"])
-    return claims.Tables(params=params, models=models, attacks=attacks, measures=measures, eps=eps)
+    return claims.Tables(params=params, models=models, attacks=attacks, measures=measures, eps=eps,
+                         explanations=load_explanations(results, models.model))
 
 
 def learning_curves(params: dict, results: Path) -> pd.DataFrame:
@@ -90,7 +91,8 @@ def _power(t: claims.Tables, table: pd.DataFrame) -> pd.DataFrame:
 
 def support_tables(t: claims.Tables, table: pd.DataFrame, *, seed: int) -> dict[str, pd.DataFrame]:
     """The tables the claims rest on, which the notebooks show (results/claims/<name>.csv)."""
-    out = {"model_summary": t.summary(), "eps_curve": _eps_curve(t), "power": _power(t, table)}
+    out = {"model_summary": t.summary(), "eps_curve": _eps_curve(t), "power": _power(t, table),
+           "explanations": frames.explanation_summary(t.explanations)}
     try:
         out["strength_check"] = frames.strength_check(
             t.attacks, ensemble=t.setting("SM-topk"), reference=t.setting("SM-topk-strong"),

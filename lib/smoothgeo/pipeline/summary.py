@@ -6,7 +6,8 @@ stages) computes every claim of the paper that this repository tests, once, from
 
 * ``results/claims.csv``: one row per claim of the registry :data:`smoothgeo.analysis.claims.CLAIMS` (columns
   :data:`smoothgeo.analysis.claims.COLUMNS`), Holm-adjusted, verdicts by :data:`~smoothgeo.analysis.claims.VERDICT_RULE`;
-* ``results/claims/``: the replication rows, the claims that could not be estimated and why, the learning curves
+* ``results/claims/``: the replication rows, the rows beyond the paper (``beyond.csv``: LENS, L2, faithfulness;
+  Holm within them), the claims that could not be estimated and why, the learning curves
   and the tables the claims rest on (:mod:`smoothgeo.analysis.support`), which the notebooks show;
   ``protocol.json``: the commit of docs/protocol.md the rules come from;
 * ``results/metrics.json``: headline numbers for ``dvc metrics show`` / ``dvc metrics diff``.
@@ -56,6 +57,7 @@ def run_claims(params: dict, results: str | Path = "results") -> pd.DataFrame:
     atomic_write_csv(results / "claims.csv", table[table.family == "main"], float_format="%.6g")
     folder = results / "claims"
     save_table(table[table.family == "replication"], folder, "replication")
+    save_table(table[table.family == "beyond"], folder, "beyond")
     save_table(gaps, folder, "not_estimable")
     save_table(learning_curves(params, results), folder, "learning_curves", floatfmt=".4f")
     for name, frame in support_tables(t, table, seed=seed).items():
@@ -164,6 +166,14 @@ def findings_text(results: Path) -> str:
         rows = pd.read_csv(rep)
         if len(rows):
             parts.append("**Replication** (images and seeds not used while developing; Holm within these rows).")
+            parts += [f"- {claims.plain_words(r)}" for _, r in rows.iterrows()]
+            parts.append("")
+    beyond = results / "claims" / "beyond.csv"
+    if beyond.exists():
+        rows = pd.read_csv(beyond)
+        if len(rows):
+            parts.append("**Beyond the paper** (another metric, another threat model, faithfulness; positive = the "
+                         "direction the row's text states; Holm within these rows).")
             parts += [f"- {claims.plain_words(r)}" for _, r in rows.iterrows()]
             parts.append("")
     gaps = results / "claims" / "not_estimable.csv"
