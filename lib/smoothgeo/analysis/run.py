@@ -102,7 +102,8 @@ def load_run(name: str, *, seed: int = 0, models: dict, attacks: dict | None = N
     measures = load_measures(results)
     table = frames.with_accuracy(model_table({"models": models}, results), measures)
     attack_rows = load_attacks(results, table.model)
-    parts = [pd.read_csv(p) for p in (results / "claims.csv", results / "claims" / "replication.csv") if p.exists()]
+    parts = [pd.read_csv(p) for p in (results / "claims.csv", results / "claims" / "replication.csv",
+                                           results / "claims" / "beyond.csv") if p.exists()]
     claims = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) \
         else pd.DataFrame(columns=_claims.COLUMNS)
     tables = None
