@@ -20,6 +20,7 @@ nbformat = pytest.importorskip("nbformat")
 pytest.importorskip("papermill")
 
 from smoothgeo.pipeline import notebook as snb  # noqa: E402
+from smoothgeo.pipeline import notebook_params as nbp  # noqa: E402
 from smoothgeo.store import progress  # noqa: E402
 from smoothgeo.analysis.render import display_path, find_machine_paths, scrub_paths  # noqa: E402
 
@@ -76,11 +77,11 @@ def project(tmp_path):
 def test_sync_writes_declared_sections_and_check_passes(project):
     nb_path = project / "notebooks" / "demo.ipynb"
     params = project / "params.yaml"
-    assert nb_path in snb.check([nb_path], params=params)  # the hand-written cell differs
-    assert snb.sync([nb_path], params=params) == [nb_path]
-    assert snb.check([nb_path], params=params) == {}
-    assert snb.sync([nb_path], params=params) == []  # idempotent
-    source = snb.parameters_cell(nbformat.read(str(nb_path), 4)).source
+    assert nb_path in nbp.check([nb_path], params=params)  # the hand-written cell differs
+    assert nbp.sync([nb_path], params=params) == [nb_path]
+    assert nbp.check([nb_path], params=params) == {}
+    assert nbp.sync([nb_path], params=params) == []  # idempotent
+    source = nbp.parameters_cell(nbformat.read(str(nb_path), 4)).source
     assert "# sections: seed, demo, other.models" in source
     assert 'demo = {"n": 4, "label": "four", "values": [1, 2.5, None]}' in source
     assert 'other = {"models": ["a", "b"]}' in source
@@ -92,9 +93,9 @@ def test_sync_writes_declared_sections_and_check_passes(project):
 
 def test_check_reports_a_readable_diff_when_params_change(project):
     nb_path, params = project / "notebooks" / "demo.ipynb", project / "params.yaml"
-    snb.sync([nb_path], params=params)
+    nbp.sync([nb_path], params=params)
     params.write_text(PARAMS.replace("n: 4", "n: 5"))
-    problems = snb.check([nb_path], params=params)
+    problems = nbp.check([nb_path], params=params)
     diff = problems[nb_path]
     assert '-demo = {"n": 4' in diff and '+demo = {"n": 5' in diff
     result = subprocess.run([sys.executable, "-m", "smoothgeo.pipeline.notebook", "check", str(nb_path), "--params",
@@ -105,10 +106,10 @@ def test_check_reports_a_readable_diff_when_params_change(project):
 def test_check_names_missing_declaration_and_unknown_section(project):
     bare = make_notebook(project / "bare.ipynb", "")
     nb = nbformat.read(str(bare), 4)
-    snb.parameters_cell(nb).source = "seed = 0\n"
+    nbp.parameters_cell(nb).source = "seed = 0\n"
     nbformat.write(nb, str(bare))
     unknown = make_notebook(project / "unknown.ipynb", "seed, nosuch")
-    problems = snb.check([bare, unknown], params=project / "params.yaml")
+    problems = nbp.check([bare, unknown], params=project / "params.yaml")
     assert "sections:" in problems[bare]
     assert "nosuch" in problems[unknown]
 
@@ -130,7 +131,7 @@ def test_run_inline_figures_quiet_progress_no_paths_and_identical_reruns(project
     monkeypatch.setenv("MPLBACKEND", "Agg")  # what an old env.sh left behind: run must override it
     monkeypatch.delenv("SMOOTHGEO_PROGRESS", raising=False)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO / "lib"), os.environ.get("PYTHONPATH", "")]))
-    snb.sync([project / "notebooks" / "demo.ipynb"], params=project / "params.yaml")
+    nbp.sync([project / "notebooks" / "demo.ipynb"], params=project / "params.yaml")
     caplog.set_level("INFO")
     out = _run(project)
     assert not [r for r in caplog.records if "unknown parameter" in r.getMessage()]
@@ -153,7 +154,7 @@ def test_run_inline_figures_quiet_progress_no_paths_and_identical_reruns(project
 def test_run_reports_a_failing_cell_and_keeps_the_output(project, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO / "lib"), os.environ.get("PYTHONPATH", "")]))
     make_notebook(project / "notebooks" / "demo.ipynb", "seed", body="raise RuntimeError('boom')\n")
-    snb.sync([project / "notebooks" / "demo.ipynb"], params=project / "params.yaml")
+    nbp.sync([project / "notebooks" / "demo.ipynb"], params=project / "params.yaml")
     import papermill
 
     with pytest.raises(papermill.PapermillExecutionError, match="boom"):
@@ -270,25 +271,25 @@ def test_smoke_outputs_hold_no_machine_paths():
 @smoke
 def test_smoke_injected_parameters_match_params_yaml():
     """Each executed notebook received exactly the sections it declares, with the workspace's values."""
-    params = snb._load_params(SMOKE / "params.yaml")
+    params = nbp.read_params(SMOKE / "params.yaml")
     for path in _executed():
         nb = nbformat.read(str(path), 4)
         try:
-            sections = snb.declared_sections(nb)
+            sections = nbp.declared_sections(nb)
         except ValueError:
             pytest.fail(f"{path.name}: parameters cell declares no sections")
         injected = nb.metadata.get("papermill", {}).get("parameters", {})
-        assert injected == snb.select_params(params, sections), path.name
+        assert injected == nbp.select_params(params, sections), path.name
 
 
 def test_committed_parameters_cells_match_params_yaml():
     """The notebooks as committed (what JupyterLab opens) hold params.yaml's values for their sections."""
     notebooks = sorted((REPO / "notebooks").glob("*.ipynb"))
-    declared = [p for p in notebooks if snb.SECTIONS.search(snb.parameters_cell(nbformat.read(str(p), 4)).source)]
+    declared = [p for p in notebooks if nbp.SECTIONS.search(nbp.parameters_cell(nbformat.read(str(p), 4)).source)]
     if not declared:
         pytest.skip("no notebook declares its sections yet (add a '# sections:' line, then "
                     "`python -m smoothgeo.pipeline.notebook sync`)")
-    problems = snb.check(notebooks, params=REPO / "params.yaml")
+    problems = nbp.check(notebooks, params=REPO / "params.yaml")
     assert not problems, "\n".join(problems.values())
 
 
@@ -376,7 +377,7 @@ def test_notebook_stages_depend_on_the_sections_their_notebooks_declare():
             continue
         nb = nbformat.read(str(REPO / "notebooks" / f"{match.group(1)}.ipynb"), 4)
         try:
-            sections = snb.declared_sections(nb)
+            sections = nbp.declared_sections(nb)
         except ValueError:
             continue  # reported by test_committed_parameters_cells_match_params_yaml
         listed: set[str] = set()

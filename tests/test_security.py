@@ -463,13 +463,13 @@ def _cell(path: Path) -> str:
 
 
 def test_sync_writes_valid_python_for_inf_nan_and_dates(tmp_path):
-    from smoothgeo.pipeline import notebook
+    from smoothgeo.pipeline import notebook_params
 
     nb = _notebook(tmp_path / "n.ipynb", "s")
     params = tmp_path / "params.yaml"
     params.write_text("s: {big: .inf, small: -.inf, odd: .nan, day: 2020-12-06, when: 2020-12-06 10:30:00, "
                       "list: [1, .inf]}\n")
-    assert notebook.sync([nb], params=params) == [nb]
+    assert notebook_params.sync([nb], params=params) == [nb]
     env: dict = {}
     exec(compile(_cell(nb), "cell", "exec"), env)   # NameError (inf, nan, datetime) before
     s = env["s"]
@@ -479,19 +479,19 @@ def test_sync_writes_valid_python_for_inf_nan_and_dates(tmp_path):
     from papermill.translators import PythonTranslator
 
     injected: dict = {}
-    exec(PythonTranslator.codify(notebook.select_params(atomic.load_params(params), ["s"])), injected)
+    exec(PythonTranslator.codify(notebook_params.select_params(atomic.load_params(params), ["s"])), injected)
     assert {k: v for k, v in injected["s"].items() if k != "odd"} == {k: v for k, v in s.items() if k != "odd"}
 
 
 def test_sync_refuses_non_string_keys_naming_them(tmp_path):
-    from smoothgeo.pipeline import notebook
+    from smoothgeo.pipeline import notebook_params
 
     nb = _notebook(tmp_path / "n.ipynb", "s")
     before = nb.read_bytes()
     params = tmp_path / "params.yaml"
     params.write_text("s: {methods: {1: SM, 0.5: IG}}\n")
     with pytest.raises(ValueError, match=r"s\.methods\.1 is a int, not a string"):
-        notebook.sync([nb], params=params)
+        notebook_params.sync([nb], params=params)
     assert nb.read_bytes() == before
 
 
@@ -508,7 +508,7 @@ def test_load_params_refuses_duplicate_keys_naming_the_key(tmp_path):
 def test_sync_writes_the_notebook_atomically(tmp_path, monkeypatch):
     import nbformat
 
-    from smoothgeo.pipeline import notebook
+    from smoothgeo.pipeline import notebook_params
 
     nb = _notebook(tmp_path / "n.ipynb", "s")
     before = nb.read_bytes()
@@ -528,7 +528,7 @@ def test_sync_writes_the_notebook_atomically(tmp_path, monkeypatch):
 
     monkeypatch.setattr(nbformat, "write", write_half_then_die)
     with pytest.raises(KeyboardInterrupt):
-        notebook.sync([nb], params=params)
+        notebook_params.sync([nb], params=params)
     assert nb.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(atomic.TEMP_SUFFIX)] == []
 

@@ -115,24 +115,24 @@ CELL = ('# sections: seed, sg_noise, attacks.n_images\nseed = 0\nsg_noise = {"le
 
 
 def test_a_section_a_profile_lacks_falls_back_to_the_notebooks_default(tmp_path, capsys):
-    from smoothgeo.pipeline import notebook as snb
+    from smoothgeo.pipeline import notebook_params as nbp
 
     nb = _nb(tmp_path / "new.ipynb", CELL)
     params = tmp_path / "params.yaml"
     params.write_text("seed: 3\nattacks: {n_images: 5}\n")          # a profile without the notebook's sg_noise
     import nbformat
 
-    values = snb.notebook_parameters(snb._load_params(params), snb.declared_sections(nbformat.read(str(nb), 4)),
-                                     snb.cell_defaults(nbformat.read(str(nb), 4)), warn=print)
+    values = nbp.notebook_parameters(nbp.read_params(params), nbp.declared_sections(nbformat.read(str(nb), 4)),
+                                     nbp.cell_defaults(nbformat.read(str(nb), 4)), warn=print)
     assert values == {"seed": 3, "sg_noise": {"level": 0.25, "cap": float("inf")}, "attacks": {"n_images": 5}}
     assert "'sg_noise' is not in the params file" in capsys.readouterr().out
     # sync keeps the default of the missing section, takes the others from the params file
-    assert snb.sync([nb], params=params) == [nb]
-    assert snb.cell_defaults(nbformat.read(str(nb), 4)) == values
-    assert snb.check([nb], params=params) == {}
+    assert nbp.sync([nb], params=params) == [nb]
+    assert nbp.cell_defaults(nbformat.read(str(nb), 4)) == values
+    assert nbp.check([nb], params=params) == {}
     # a section neither defines is still an error, naming it
     with pytest.raises(KeyError, match="'other'"):
-        snb.notebook_parameters({"seed": 3}, ["seed", "other"], {"seed": 0})
+        nbp.notebook_parameters({"seed": 3}, ["seed", "other"], {"seed": 0})
 
 
 @pytest.mark.slow
