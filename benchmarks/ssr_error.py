@@ -1,6 +1,6 @@
 """Error of SSR's fast lambda_max routes against the exact C x C lambda_max, on trained checkpoints.
 
-Routes of ``smoothgeo.core.geometry.lambda_max_penalty``: ``top-m`` (``top_classes = m``, merged-class route) and
+Routes of ``smoothgeo.core.hessian.lambda_max_penalty``: ``top-m`` (``top_classes = m``, merged-class route) and
 ``ritz-k`` (``ritz_vectors = k``, Ritz route). For every checkpoint, over the first ``--images`` Fashion-MNIST
 test images (model in eval mode), the relative error ``(exact - fast) / exact`` per image: median, 90th
 percentile and max, plus the mean lambda_max both ways (what the penalty averages; "mean err" is their
@@ -22,7 +22,8 @@ import torch
 
 from smoothgeo.store.checkpoints import load_checkpoint
 from smoothgeo.data.datasets import load_tensors
-from smoothgeo.core.geometry import evaluating, lambda_max_penalty
+from smoothgeo.core.geometry import evaluating
+from smoothgeo.core.hessian import lambda_max_penalty
 
 
 def lambda_max(model, x, chunk: int, **route) -> torch.Tensor:

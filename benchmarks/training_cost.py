@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from smoothgeo.core.geometry import ce_hessian_lambda_max, lambda_max_penalty
+from smoothgeo.core.hessian import ce_hessian_lambda_max, lambda_max_penalty
 from smoothgeo.core.models import FashionCNN
 from smoothgeo.core.device import resolve_device
 from smoothgeo.pipeline.train import GENERIC_KEYS

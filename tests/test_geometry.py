@@ -4,8 +4,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from smoothgeo.core.lipschitz import gradient_lipschitz
-from smoothgeo.core.geometry import (ce_hessian_lambda_max, hessian_max_eig, is_piecewise_linear,
-                                logit_jacobian)
+from smoothgeo.core.hessian import (ce_hessian_lambda_max, hessian_max_eig, is_piecewise_linear,
+                                   logit_jacobian)
 from smoothgeo.core.models import MLP, FashionCNN, ResNet20, softplus_copy
 
 
@@ -160,7 +160,7 @@ def test_gradient_lipschitz_chunked_equals_unchunked():
 
 @pytest.mark.parametrize("average_channels", [False, True])
 def test_lambda_max_penalty_value_and_weight_gradient_match_eigvalsh_route(average_channels):
-    from smoothgeo.core.geometry import lambda_max_penalty
+    from smoothgeo.core.hessian import lambda_max_penalty
 
     torch.manual_seed(7)
     model = _tiny_conv().double()
@@ -203,7 +203,7 @@ def _merged_reference(model, x, m, average_channels=False):
 @pytest.mark.parametrize("average_channels", [False, True])
 @pytest.mark.parametrize("m", [1, 2, 3])
 def test_merged_class_penalty_matches_its_definition_and_bound(m, average_channels):
-    from smoothgeo.core.geometry import lambda_max_penalty
+    from smoothgeo.core.hessian import lambda_max_penalty
 
     torch.manual_seed(8)
     model = _tiny_conv().double()
@@ -224,7 +224,7 @@ def test_merged_class_penalty_matches_its_definition_and_bound(m, average_channe
 @pytest.mark.parametrize("average_channels", [False, True])
 def test_merged_class_penalty_with_one_class_left_out_is_exact(average_channels):
     """m = C - 1 merges a single class: the exact value and weight gradient."""
-    from smoothgeo.core.geometry import lambda_max_penalty
+    from smoothgeo.core.hessian import lambda_max_penalty
 
     torch.manual_seed(9)
     model = _tiny_conv().double()
@@ -240,7 +240,7 @@ def test_merged_class_penalty_with_one_class_left_out_is_exact(average_channels)
 
 
 def test_merged_class_penalty_is_finite_for_one_hot_probabilities():
-    from smoothgeo.core.geometry import lambda_max_penalty
+    from smoothgeo.core.hessian import lambda_max_penalty
 
     torch.manual_seed(10)
     model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 4))
@@ -261,7 +261,7 @@ def test_merged_class_penalty_is_finite_for_one_hot_probabilities():
 
 @pytest.mark.parametrize("average_channels", [False, True])
 def test_ritz_penalty_is_a_lower_bound_and_exact_with_enough_vectors(average_channels):
-    from smoothgeo.core.geometry import lambda_max_penalty
+    from smoothgeo.core.hessian import lambda_max_penalty
 
     torch.manual_seed(11)
     model = _tiny_conv().double()  # 5 classes, last layer Linear(36, 5) after a ReLU + max-pool
@@ -282,7 +282,7 @@ def test_ritz_penalty_is_a_lower_bound_and_exact_with_enough_vectors(average_cha
 
 
 def test_ritz_penalty_without_a_final_linear_layer_uses_the_identity_proxy():
-    from smoothgeo.core.geometry import lambda_max_penalty
+    from smoothgeo.core.hessian import lambda_max_penalty
 
     torch.manual_seed(12)
     model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 12), nn.MaxPool1d(3)).double()  # 4 classes

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from smoothgeo.core import geometry, lipschitz
+from smoothgeo.core import geometry, hessian, lipschitz
 
 
 def tiny_net(seed=0, classes=5):
@@ -34,10 +34,10 @@ INVARIANT = ("relative_curvature", "lambda_max_fixed_scale")
 
 def test_invariant_measures_do_not_change_when_the_last_layer_is_scaled():
     model, x = tiny_net(), images()
-    base = geometry.logit_geometry(model, x, lambda_max=geometry.hessian_max_eig(model, x))
+    base = geometry.logit_geometry(model, x, lambda_max=hessian.hessian_max_eig(model, x))
     for t in (0.1, 7.0):
         other = scaled(model, t)
-        g = geometry.logit_geometry(other, x, lambda_max=geometry.hessian_max_eig(other, x))
+        g = geometry.logit_geometry(other, x, lambda_max=hessian.hessian_max_eig(other, x))
         for key in INVARIANT:
             torch.testing.assert_close(g[key], base[key], rtol=1e-8, atol=1e-12)
         torch.testing.assert_close(g["grad_logit_norm"], t * base["grad_logit_norm"])
@@ -130,7 +130,8 @@ from smoothgeo.store.checkpoints import save_checkpoint  # noqa: E402
 from smoothgeo.core.models import build_model  # noqa: E402
 
 SMALL = {"n_images": 4, "batch_size": 3, "lipschitz": {"epsilon": 0.05, "samples": 2, "steps": 1, "seed": 7},
-         "bound_setting": "SM-topk-0.1"}
+         "bound_setting": "SM-topk-0.1", "robust": {"steps": 3},
+         "explain": {"samples": 2, "infidelity_samples": 2, "deletion_steps": 4}}
 
 
 @pytest.fixture
@@ -155,7 +156,7 @@ def stage(tmp_path, monkeypatch):
                                           "measures": measures}))
         return measure_stage.main(["--params", str(params), "--model", model, "--checkpoints", str(tmp_path / "ckpt"),
                                    "--attacks", str(tmp_path / "att"), "--out", str(tmp_path / "out"),
-                                   "--timings", str(tmp_path / "tim")])
+                                   "--explanations", str(tmp_path / "expl"), "--timings", str(tmp_path / "tim")])
     return run, tmp_path
 
 
@@ -163,6 +164,8 @@ def test_stage_writes_deterministic_measures_and_timings(stage):
     run, tmp = stage
     assert run() == 0
     path = tmp / "out" / "natural-s0.csv.gz"
+    expl = pd.read_csv(tmp / "expl" / "natural-s0.csv.gz")   # the faithfulness / stability table beside it
+    assert set(expl.method) == {"SM", "IG", "SG", "UG"} and expl.deletion_auc.between(0, 1).all()
     first = path.read_bytes()
     frame = pd.read_csv(path)
     assert list(frame.image) == [0, 1, 2, 3] and frame.correct.tolist() == [True, True, True, False]

@@ -13,7 +13,8 @@ from smoothgeo.pipeline import data as data_stage
 from smoothgeo.pipeline import measure as measure_stage
 from smoothgeo.pipeline import profiles
 from smoothgeo.data import standins
-from smoothgeo.core.geometry import hessian_max_eig, logit_geometry
+from smoothgeo.core.geometry import logit_geometry
+from smoothgeo.core.hessian import hessian_max_eig
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ["cifar10", "flowers", "imagenet"]

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import smoothgeo
 from smoothgeo.store import checkpoints as ckpt
 from smoothgeo.store.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
-from smoothgeo.core.geometry import hessian_max_eig
+from smoothgeo.core.hessian import hessian_max_eig
 from smoothgeo.core.models import MLP
 from smoothgeo.pipeline.train import RECORD_KEYS, main, resolve_config
 from smoothgeo.training.recipes import (OPTIONS, RECIPES, RITZ_VECTORS, TOP_CLASSES, check_options, fit, ig_of_loss, pgd_linf, ssr_loss,

@@ -30,8 +30,8 @@ API: dict[str, str] = {
     **dict.fromkeys(["topk_intersection", "kendall_tau", "spearman_rho", "mass_center_dislocation",
                      "cosine_distance", "METRICS"], "core.metrics"),
     # geometry
-    **dict.fromkeys(["hessian_max_eig", "lambda_max_penalty", "logit_jacobian", "logit_geometry"],
-                    "core.geometry"),
+    **dict.fromkeys(["hessian_max_eig", "lambda_max_penalty", "logit_jacobian"], "core.hessian"),
+    "logit_geometry": "core.geometry",
     **dict.fromkeys(["gradient_lipschitz", "lipschitz_measures", "lipschitz_at_radius", "bound_test"],
                     "core.lipschitz"),
     # models

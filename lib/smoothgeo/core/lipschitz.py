@@ -251,8 +251,11 @@ def bound_test(model: nn.Module, x: Tensor, x_adv: Tensor, lipschitz: Tensor, y=
     * with ``k``: ``topk_change`` 1 - top-k intersection and ``kendall_change`` 1 - Kendall tau of the two maps
       (the outcomes the robustness claims are about, beside the L2 change the bound speaks of).
 
-    Coverage and how well the prediction *ranks* the realised change across images
-    (:func:`smoothgeo.analysis.stats.within_spearman`) are then computed by :func:`smoothgeo.analysis.stats.bound_summary`.
+    The measure stage (:mod:`smoothgeo.pipeline.measure`) writes each entry as a ``bound_<name>`` column of the
+    measure tables; the bound claims (:mod:`smoothgeo.analysis.claims`) then test how well the prediction *ranks*
+    the realised changes across images: the within-model correlation of ``bound_predicted_grad_change`` with
+    ``bound_topk_change``, ``bound_kendall_change`` and ``bound_map_change``
+    (:func:`smoothgeo.analysis.seed_level.within_correlation`).
     Returns:
         dict of (N,) tensors.
     """

@@ -16,8 +16,8 @@ defaults and allowed ranges (:func:`check_options`). :func:`fit` is the single l
   with ``ig_steps`` points), the max found by PGD.
 * ``ssr``: Smooth Surface Regularization (Wang et al. 2020, arXiv 2006.06643):
   ``(1 - alpha) CE + alpha * scale * mean_batch lambda_max(H)``, with ``H`` the input Hessian of CE and
-  lambda_max by the exact C x C route of :func:`smoothgeo.core.geometry.ce_hessian_factor` (exact for
-  piecewise-linear networks), made differentiable by :func:`smoothgeo.core.geometry.lambda_max_penalty`.
+  lambda_max by the exact C x C route of :func:`smoothgeo.core.hessian.ce_hessian_factor` (exact for
+  piecewise-linear networks), made differentiable by :func:`smoothgeo.core.hessian.lambda_max_penalty`.
   ``average_channels`` (default False = exact Hessian) averages the Jacobian over colour channels as the
   reference code did (a no-op on 1-channel Fashion-MNIST). ``top_classes`` / ``ritz_vectors`` (default 0 =
   exact) switch to a cheaper lambda_max that never overestimates (see :func:`ssr_loss`).
@@ -36,7 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from smoothgeo.core.geometry import evaluating, lambda_max_penalty
+from smoothgeo.core.geometry import evaluating
+from smoothgeo.core.hessian import lambda_max_penalty
 from smoothgeo.core.threat import pgd_linf
 
 __all__ = [
@@ -126,13 +127,13 @@ def ssr_loss(model: nn.Module, x: Tensor, y: Tensor, *, alpha: float = 0.3, scal
              ) -> tuple[Tensor, dict]:
     """SSR (Wang et al. 2020): ``(1 - alpha) CE + alpha * scale * mean_batch lambda_max(H_x CE)``.
 
-    lambda_max per image by :func:`smoothgeo.core.geometry.lambda_max_penalty`. ``top_classes = ritz_vectors = 0``:
+    lambda_max per image by :func:`smoothgeo.core.hessian.lambda_max_penalty`. ``top_classes = ritz_vectors = 0``:
     the exact route, one forward pass, C graph-free backward passes for every image's Jacobian (batched over the batch),
     the exact C x C eigenproblem, and one ``create_graph`` backward pass that makes the penalty differentiable
     w.r.t. the weights. ``top_classes = m`` (1 <= m < C): the merged-class route, each image's m most probable
     classes kept and the rest merged into one class; m graph-free passes instead of C, the value never above
     the exact lambda_max and short of it by at most the dropped within-rest gradient spread (bound and measured
-    errors in :func:`~smoothgeo.core.geometry.lambda_max_penalty` and ``benchmarks/ssr_error.py``).
+    errors in :func:`~smoothgeo.core.hessian.lambda_max_penalty` and ``benchmarks/ssr_error.py``).
     ``ritz_vectors = k`` (1 <= k < C; instead of ``top_classes``): the Rayleigh-Ritz value on a k-dimensional
     subspace picked for free from the last linear layer; k graph-free passes, never above the exact value, no a
     priori bound (measured in the benchmark). The penalty vanishes where ``p`` is near one-hot.
