@@ -66,6 +66,17 @@ def finite_tensor(value: Tensor, name: str) -> Tensor:
     return value
 
 
+def _check_like_model(x: Tensor, model, name: str, fix: str) -> None:
+    """``x`` must have the dtype (when floating) and device of ``model``'s first parameter (nothing to check
+    without a model or parameters); the dtype error suggests ``fix``."""
+    p = next(model.parameters(), None) if isinstance(model, nn.Module) else None
+    if p is not None and p.is_floating_point() and p.dtype != x.dtype:
+        raise ValueError(f"{name} is {x.dtype} but the model's parameters are {p.dtype}; {fix} "
+                         f"(e.g. {name}.to({p.dtype}))")
+    if p is not None and p.device != x.device:
+        raise ValueError(f"{name} is on {x.device} but the model is on {p.device}; move one of them")
+
+
 def check_inputs(x: Tensor, model: nn.Module | None = None) -> None:
     """Inputs must be a batched float tensor of finite values, of the model's parameter dtype and device."""
     if not isinstance(x, Tensor) or x.dim() < 2:
@@ -74,12 +85,7 @@ def check_inputs(x: Tensor, model: nn.Module | None = None) -> None:
     if not x.is_floating_point():
         raise ValueError(f"x must be a float tensor, got {x.dtype}; convert images with x.float() / 255 "
                          f"(inputs live in [0, 1])")
-    p = next(model.parameters(), None) if isinstance(model, nn.Module) else None
-    if p is not None and p.is_floating_point() and p.dtype != x.dtype:
-        raise ValueError(f"x is {x.dtype} but the model's parameters are {p.dtype}; convert one of them "
-                         f"(e.g. x.to({p.dtype}))")
-    if p is not None and p.device != x.device:
-        raise ValueError(f"x is on {x.device} but the model is on {p.device}; move one of them")
+    _check_like_model(x, model, "x", "convert one of them")
     bad = int((~torch.isfinite(x.detach())).sum())
     if bad:
         raise ValueError(f"x holds {bad} NaN or infinite values; attributions need finite inputs")
@@ -118,12 +124,7 @@ def check_images(x: Tensor, y=None, *, name: str = "x", model: nn.Module | None 
     if lo < 0 or hi > 1:
         raise ValueError(f"{name} must lie in [0, 1] (normalisation belongs inside the model), "
                          f"got values in [{lo:.4g}, {hi:.4g}]")
-    p = next(model.parameters(), None) if isinstance(model, nn.Module) else None
-    if p is not None and p.is_floating_point() and p.dtype != x.dtype:
-        raise ValueError(f"{name} is {x.dtype} but the model's parameters are {p.dtype}; convert the images "
-                         f"(e.g. {name}.to({p.dtype}))")
-    if p is not None and p.device != x.device:
-        raise ValueError(f"{name} is on {x.device} but the model is on {p.device}; move one of them")
+    _check_like_model(x, model, name, "convert the images")
     if y is None:
         return None
     y = torch.as_tensor(y, device=x.device)
