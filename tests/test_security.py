@@ -357,7 +357,7 @@ def _int_maps():
 def test_metrics_on_integer_maps_equal_those_on_float_maps(name):
     a, b = _int_maps()
     fn = metrics.METRICS[name]
-    args = (10,) if name == "topk" else ()
+    args = (10,) if name in ("topk", "lens_topk") else ()
     on_int, on_float = fn(a, b, *args), fn(a.double(), b.double(), *args)
     assert on_int.is_floating_point() and on_int.dtype == on_float.dtype and torch.equal(on_int, on_float)
     if name in ("kendall", "spearman"):
@@ -377,7 +377,7 @@ def test_mass_center_of_integer_and_bool_maps():
 @pytest.mark.parametrize("side", [4, 9])   # 16 pixels: Kendall's quadratic route; 81: the fast one
 def test_metrics_on_an_empty_batch_give_an_empty_result(name, side):
     a = torch.rand(0, side, side)
-    args = (3,) if name == "topk" else ()
+    args = (3,) if name in ("topk", "lens_topk") else ()
     out = metrics.METRICS[name](a, a.clone(), *args)
     assert out.shape == (0,)
     assert metrics.kendall_tau(a, a.clone(), route="quadratic").shape == (0,)

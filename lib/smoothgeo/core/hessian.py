@@ -320,16 +320,21 @@ def lambda_max_penalty(model: nn.Module, x: Tensor, *, average_channels: bool = 
     return logits, g.flatten(1).pow(2).sum(1)
 
 
+#: power iterations always taken before the convergence test may stop: a start vector (nearly) orthogonal to the
+#: dominant eigenvector has a Rayleigh quotient that barely moves at first, which the test would read as converged
+MIN_POWER_ITERS = 10
+
+
 def _power_iteration(hvp, v: Tensor, shift: Tensor, iters: int, tol: float) -> tuple[Tensor, Tensor]:
     """Dominant eigenpair of ``H - shift I`` per image; returns (Rayleigh quotient, vector)."""
     view = (-1,) + (1,) * (v.dim() - 1)
     lam = torch.zeros(v.shape[0], dtype=v.dtype, device=v.device)
-    for _ in range(iters):
+    for i in range(iters):
         hv = hvp(v) - shift.view(view) * v
         new = (v * hv).flatten(1).sum(1)
         norm = hv.flatten(1).norm(dim=1)
         v = torch.where(norm.view(view) > 0, hv / norm.clamp_min(1e-30).view(view), v)
-        done = ((new - lam).abs() <= tol * new.abs().clamp_min(1e-12)).all()
+        done = i + 1 >= MIN_POWER_ITERS and ((new - lam).abs() <= tol * new.abs().clamp_min(1e-12)).all()
         lam = new
         if done:
             break
@@ -354,13 +359,17 @@ def power_hessian_max_eig(model: nn.Module, x: Tensor, y: Tensor, *, iters: int 
             return torch.zeros_like(v)
         return torch.autograd.grad(grad, x, grad_outputs=v, retain_graph=True)[0]
 
-    v = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    v = v / v.flatten(1).norm(dim=1).clamp_min(1e-30).view(-1, *([1] * (x.dim() - 1)))
+    def start() -> Tensor:
+        v = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return v / v.flatten(1).norm(dim=1).clamp_min(1e-30).view(-1, *([1] * (x.dim() - 1)))
+
     zero = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-    mu, v = _power_iteration(hvp, v, zero, iters, tol)
+    mu, _ = _power_iteration(hvp, start(), zero, iters, tol)
     if (mu < 0).any():
+        # a fresh start: the first run's vector is the eigenvector of mu, which H - mu I maps to (nearly) zero,
+        # so starting there the second run would stop at once and return mu itself
         shift = mu.clamp_max(0)
-        nu, _ = _power_iteration(hvp, v, shift, iters, tol)
+        nu, _ = _power_iteration(hvp, start(), shift, iters, tol)
         mu = torch.where(mu < 0, nu + shift, mu)
     return mu.detach()
 

@@ -104,7 +104,7 @@ def lens_recall(m1: Tensor, m2: Tensor, k: int, window: int = LENS_WINDOW) -> Te
     n, h, w = m1.shape
     top_a = torch.zeros_like(a, dtype=torch.bool).scatter_(1, a.topk(k, dim=1).indices, True)
     top_b = torch.zeros_like(b).scatter_(1, b.topk(k, dim=1).indices, 1.0).view(n, 1, h, w)
-    near_b = torch.nn.functional.max_pool2d(top_b, window, stride=1, padding=window // 2).view(n, -1) > 0
+    near_b = torch.nn.functional.max_pool2d(top_b, window, stride=1, padding=window // 2).reshape(n, h * w) > 0
     return _nan_where_degenerate((top_a & near_b).float().sum(1) / k, m1, m2, "LENS recall")
 
 
