@@ -189,7 +189,7 @@ def merged_class_factor(logits: Tensor, order: Tensor) -> tuple[Tensor, Tensor]:
     return lower[:, :-1, :], onehot - s.unsqueeze(2)
 
 
-def _last_linear(model: nn.Module) -> nn.Linear | None:
+def last_linear(model: nn.Module) -> nn.Linear | None:
     """The model's last ``nn.Linear`` module in registration order, or None."""
     last = None
     for m in model.modules():
@@ -256,7 +256,7 @@ def lambda_max_penalty(model: nn.Module, x: Tensor, *, average_channels: bool = 
     x = x.detach().requires_grad_(True)
     captured: list[Tensor] = []
     hook = None
-    last = _last_linear(model) if ritz_vectors else None
+    last = last_linear(model) if ritz_vectors else None
     if last is not None:
         hook = last.register_forward_hook(lambda mod, inp, out: captured.append(inp[0].detach()))
     with torch.enable_grad():

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from smoothgeo.core.attributions import attribute
 from smoothgeo.core.checks import eval_mode
+from smoothgeo.core.hessian import last_linear
 
 __all__ = ["stability", "uniform_perturbations", "EPS", "EPS_MIN"]
 
@@ -40,17 +41,9 @@ def uniform_perturbations(x: Tensor, *, radius: float, samples: int, generator=N
     return (2 * u - 1) * radius
 
 
-def _last_linear(model: nn.Module) -> nn.Linear | None:
-    last = None
-    for m in model.modules():
-        if isinstance(m, nn.Linear):
-            last = m
-    return last
-
-
 def _forward_with_features(model: nn.Module, z: Tensor) -> tuple[Tensor, Tensor]:
     """Logits and the input of the last linear layer (flattened); the features are the logits without one."""
-    layer, seen = _last_linear(model), []
+    layer, seen = last_linear(model), []
     if layer is None:
         logits = model(z)
         return logits, logits

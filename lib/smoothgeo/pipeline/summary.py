@@ -161,19 +161,14 @@ def findings_text(results: Path) -> str:
         parts.append(f"**{_RQ.get(rq, rq)}.**")
         parts += [f"- {claims.plain_words(r)}" for _, r in table[table.rq == rq].iterrows()]
         parts.append("")
-    rep = results / "claims" / "replication.csv"
-    if rep.exists():
-        rows = pd.read_csv(rep)
+    for name, title in (("replication", "**Replication** (images and seeds not used while developing; Holm within "
+                                        "these rows)."),
+                        ("beyond", "**Beyond the paper** (another metric, another threat model, faithfulness; "
+                                   "positive = the direction the row's text states; Holm within these rows).")):
+        path = results / "claims" / f"{name}.csv"
+        rows = pd.read_csv(path) if path.exists() else pd.DataFrame()
         if len(rows):
-            parts.append("**Replication** (images and seeds not used while developing; Holm within these rows).")
-            parts += [f"- {claims.plain_words(r)}" for _, r in rows.iterrows()]
-            parts.append("")
-    beyond = results / "claims" / "beyond.csv"
-    if beyond.exists():
-        rows = pd.read_csv(beyond)
-        if len(rows):
-            parts.append("**Beyond the paper** (another metric, another threat model, faithfulness; positive = the "
-                         "direction the row's text states; Holm within these rows).")
+            parts.append(title)
             parts += [f"- {claims.plain_words(r)}" for _, r in rows.iterrows()]
             parts.append("")
     gaps = results / "claims" / "not_estimable.csv"
