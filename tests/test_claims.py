@@ -93,7 +93,11 @@ def table(tables):
 def test_every_registered_claim_is_estimated_or_says_why(table):
     rows, gaps = table
     assert set(rows.id) | set(gaps.id) == {c.id for c in claims.CLAIMS}
-    assert gaps.empty, gaps.to_dict("records")
+    # the synthetic run has no explanation tables, LENS column or L2 setting: the rows beyond the paper must say
+    # so (their estimation is covered by the smoke pipeline); every main and replication claim is estimated
+    beyond = {c.id for c in claims.CLAIMS if c.family == "beyond"}
+    assert set(gaps.id) <= beyond, gaps.to_dict("records")
+    assert gaps.reason.str.len().gt(10).all()
     assert list(rows.columns) == claims.COLUMNS
     assert rows.claim.is_unique  # no two rows read alike
 

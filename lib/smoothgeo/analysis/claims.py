@@ -134,8 +134,10 @@ def _paired(treatment: str, baseline: str, metric: str, *, attack="SM-topk", flo
         if replication:
             rep = set(t.group("replication"))
             tm, bm = [m for m in tm if m in rep], [m for m in bm if m in rep]
-        return seed_effect(_rows(t, attack, floor, tm, eps=eps), _rows(t, attack, floor, bm, eps=eps), metric,
-                           sign=sign)
+        rows_t, rows_b = _rows(t, attack, floor, tm, eps=eps), _rows(t, attack, floor, bm, eps=eps)
+        if metric not in rows_t.columns:
+            raise NotEstimable(f"the attack tables have no {metric} (a run from before the metric existed)")
+        return seed_effect(rows_t, rows_b, metric, sign=sign)
     return compute
 
 
